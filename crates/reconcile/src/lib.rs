@@ -1,0 +1,3 @@
+//! Pure reconcile decisions: plans and state machines, engine child builders and the
+//! operation catalog. No Kubernetes client and no I/O live here, so every decision is
+//! table-tested without a cluster.

@@ -1,0 +1,233 @@
+//! `cargo xtask`: the project's automation.
+//!
+//! * `k8s build|path`       build (or locate) the upstream Kubernetes binaries
+//! * `cluster up|down|status` a local cluster for a person, outliving the command
+//! * `test [ARGS]`          build what is missing, start a cluster, run every test, stop it
+//! * `demo`                 start everything and show how to look at it
+
+use std::path::{Path, PathBuf};
+use std::process::{ExitCode, Stdio};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use vworkspace_testkit::binaries::{self, K8sBinaries};
+use vworkspace_testkit::cluster::{self, Lifetime, LocalCluster};
+use vworkspace_testkit::env::{BIN_ENV, KUBECONFIG_ENV, dev_cluster_dir};
+
+const USAGE: &str = "usage: cargo xtask <command>
+
+commands:
+  k8s build           build the Kubernetes binaries that are missing from the cache
+  k8s path            print the directory holding the Kubernetes binaries
+  cluster up          start a local cluster in the background and print its KUBECONFIG
+  cluster down        stop the cluster started by `cluster up`
+  cluster status      show whether that cluster is running
+  test [ARGS...]      run the whole test suite against a fresh local cluster
+                      (ARGS go to `cargo test`, e.g. `cargo xtask test -p vworkspace-testkit`)
+  demo                start a local cluster and show how to use it (Ctrl-C stops it)";
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("xtask: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Processes of attached clusters die with the thread that started them, so the
+    // cluster is driven from this (the main) thread through `block_on`.
+    match runtime.block_on(run(&args)) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("xtask: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: &[String]) -> Result<ExitCode> {
+    let words: Vec<&str> = args.iter().map(String::as_str).collect();
+    match words.as_slice() {
+        ["k8s", "build"] => {
+            let started = Instant::now();
+            let bins = K8sBinaries::ensure()?;
+            println!("{} ({:.0?})", bins.dir().display(), started.elapsed());
+        }
+        ["k8s", "path"] => println!("{}", binaries::cache_key_dir()?.join("bin").display()),
+        ["cluster", "up"] => cluster_up().await?,
+        ["cluster", "down"] => cluster_down()?,
+        ["cluster", "status"] => return cluster_status().await,
+        ["test", rest @ ..] => return test(rest).await,
+        ["demo"] => demo().await?,
+        ["help"] | ["--help"] | ["-h"] | [] => println!("{USAGE}"),
+        _ => bail!("unknown command {:?}\n\n{USAGE}", args.join(" ")),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+async fn cluster_up() -> Result<()> {
+    let dir = dev_cluster_dir()?;
+    if let Some(state) = cluster::read_state(&dir)?
+        && !cluster::processes_under(&dir).is_empty()
+    {
+        println!("a cluster is already running at {}", state.server);
+        print_usage(&state.kubeconfig, &state.bin_dir);
+        return Ok(());
+    }
+    let bins = K8sBinaries::ensure()?;
+    let started = Instant::now();
+    let cluster = LocalCluster::start(bins.clone(), &dir, Lifetime::Detached).await?;
+    eprintln!("cluster up in {:.1?}", started.elapsed());
+    let state = cluster.release();
+    print_usage(&state.kubeconfig, &state.bin_dir);
+    Ok(())
+}
+
+fn cluster_down() -> Result<()> {
+    let dir = dev_cluster_dir()?;
+    let stopped = cluster::stop_recorded(&dir)?;
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)?;
+    }
+    println!("stopped {stopped} process(es); removed {}", dir.display());
+    Ok(())
+}
+
+async fn cluster_status() -> Result<ExitCode> {
+    let dir = dev_cluster_dir()?;
+    let Some(state) = cluster::read_state(&dir)? else {
+        println!("no cluster (start one with `cargo xtask cluster up`)");
+        return Ok(ExitCode::FAILURE);
+    };
+    let running = cluster::processes_under(&dir);
+    for (name, pid) in &state.processes {
+        let alive = running.iter().any(|(p, _)| p == pid);
+        println!(
+            "{name:<24} pid {pid:<8} {}",
+            if alive { "running" } else { "NOT RUNNING" }
+        );
+    }
+    let client = cluster::client_for(&state.kubeconfig).await?;
+    let req = http_get("/readyz")?;
+    match client.request_text(req).await {
+        Ok(body) => println!("{} /readyz: {}", state.server, body.trim()),
+        Err(err) => println!("{} /readyz: unreachable ({err})", state.server),
+    }
+    print_usage(&state.kubeconfig, &state.bin_dir);
+    let all_up = state
+        .processes
+        .iter()
+        .all(|(_, pid)| running.iter().any(|(p, _)| p == pid));
+    Ok(if all_up {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn http_get(path: &str) -> Result<vworkspace_testkit::http::Request<Vec<u8>>> {
+    Ok(vworkspace_testkit::http::Request::get(path).body(Vec::new())?)
+}
+
+fn print_usage(kubeconfig: &Path, bin_dir: &Path) {
+    println!("export KUBECONFIG={}", kubeconfig.display());
+    println!(
+        "export PATH={}:$PATH   # the matching kubectl",
+        bin_dir.display()
+    );
+}
+
+/// Build, start one cluster for the whole run, run every test, stop the cluster and
+/// prove that nothing it started is still running.
+async fn test(extra: &[&str]) -> Result<ExitCode> {
+    let root = workspace_root();
+    let t0 = Instant::now();
+    let bins = K8sBinaries::ensure()?;
+    eprintln!(
+        "xtask test: Kubernetes binaries ready ({:.0?})",
+        t0.elapsed()
+    );
+
+    // Compile before the cluster starts: on two cores the two would slow each other.
+    let mut build = tokio::process::Command::new(env!("CARGO"));
+    build
+        .current_dir(&root)
+        .args(["test", "--workspace", "--no-run"])
+        .args(extra);
+    if !build.status().await?.success() {
+        bail!("building the tests failed");
+    }
+
+    let dir = binaries::cache_root()?
+        .join("test-runs")
+        .join(std::process::id().to_string());
+    let t1 = Instant::now();
+    let mut cluster = LocalCluster::start(bins.clone(), &dir, Lifetime::Attached).await?;
+    eprintln!(
+        "xtask test: cluster ready at {} ({:.1?})",
+        cluster.server(),
+        t1.elapsed()
+    );
+
+    let mut cmd = tokio::process::Command::new(env!("CARGO"));
+    cmd.current_dir(&root)
+        .args(["test", "--workspace"])
+        .args(extra)
+        .env(KUBECONFIG_ENV, cluster.kubeconfig())
+        .env(BIN_ENV, bins.dir())
+        .stdin(Stdio::null());
+    let mut child = cmd.spawn().context("starting cargo test")?;
+    let status = tokio::select! {
+        status = child.wait() => Some(status?),
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("xtask test: interrupted; stopping the cluster");
+            let _ = child.kill().await;
+            None
+        }
+    };
+
+    cluster.stop()?;
+    let left = cluster::processes_under(&dir);
+    if !left.is_empty() {
+        bail!("processes of the test cluster are still running: {left:?}");
+    }
+    eprintln!("xtask test: cluster stopped; no etcd, kube-* or kwok process of this run is left");
+    std::fs::remove_dir_all(&dir).ok();
+    eprintln!("xtask test: total {:.1?}", t0.elapsed());
+    Ok(match status {
+        Some(s) if s.success() => ExitCode::SUCCESS,
+        _ => ExitCode::FAILURE,
+    })
+}
+
+async fn demo() -> Result<()> {
+    let bins = K8sBinaries::ensure()?;
+    let dir = binaries::cache_root()?.join("demo");
+    let cluster = LocalCluster::start(bins.clone(), &dir, Lifetime::Attached).await?;
+    println!(
+        "local Kubernetes {} is up at {}",
+        binaries::KUBERNETES_VERSION,
+        cluster.server()
+    );
+    print_usage(cluster.kubeconfig(), bins.dir());
+    let out = std::process::Command::new(bins.path("kubectl"))
+        .env("KUBECONFIG", cluster.kubeconfig())
+        .args(["get", "nodes,namespaces", "-o", "wide"])
+        .output()?;
+    println!("{}", String::from_utf8_lossy(&out.stdout));
+    println!("the demo keeps the cluster running; press Ctrl-C to stop it");
+    tokio::signal::ctrl_c().await?;
+    drop(cluster);
+    Ok(())
+}
