@@ -29,7 +29,8 @@ commands:
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,kube_client::client::builder=off".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -158,6 +159,15 @@ async fn test(extra: &[&str]) -> Result<ExitCode> {
         "xtask test: Kubernetes binaries ready ({:.0?})",
         t0.elapsed()
     );
+
+    let fmt = tokio::process::Command::new(env!("CARGO"))
+        .current_dir(&root)
+        .args(["fmt", "--all", "--check"])
+        .status()
+        .await?;
+    if !fmt.success() {
+        bail!("the code is not formatted: run `cargo fmt --all`");
+    }
 
     // Compile before the cluster starts: on two cores the two would slow each other.
     let mut build = tokio::process::Command::new(env!("CARGO"));

@@ -200,9 +200,10 @@ impl LocalCluster {
                     pki.service_account_key.display()
                 ),
                 format!("--root-ca-file={}", pki.ca_cert.display()),
-                // kwok keeps the node Ready through its status, not through a lease; the
-                // node lifecycle controller would otherwise taint it after 40s.
-                "--controllers=*,-node-lifecycle-controller".into(),
+                // As kubeadm does: each controller acts as its own service account, bound
+                // to the bootstrap `system:controller:*` roles, so RBAC is real here too.
+                "--use-service-account-credentials=true".into(),
+                "--controllers=*".into(),
             ],
         )?;
 
@@ -232,6 +233,9 @@ impl LocalCluster {
                 "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake".into(),
                 "--cidr=10.244.0.1/24".into(),
                 "--node-ip=10.244.255.1".into(),
+                // kwok renews the node's Lease like a kubelet, so the node lifecycle
+                // controller sees a healthy node and lifts the not-ready taint.
+                "--node-lease-duration-seconds=40".into(),
             ],
         )?;
 
@@ -250,18 +254,28 @@ impl LocalCluster {
             }
         }))?;
         nodes.create(&PostParams::default(), &node).await?;
-        self.wait_until("the fake node to be Ready", Duration::from_secs(90), || {
-            let nodes = nodes.clone();
-            async move {
-                let node = nodes.get(FAKE_NODE).await.ok()?;
-                let ready = node
-                    .status?
-                    .conditions?
-                    .into_iter()
-                    .any(|c| c.type_ == "Ready" && c.status == "True");
-                ready.then_some(())
-            }
-        })
+        // Schedulable means Ready *and* the not-ready taint that admission puts on every
+        // new node lifted again by the node lifecycle controller.
+        self.wait_until(
+            "the fake node to be schedulable",
+            Duration::from_secs(90),
+            || {
+                let nodes = nodes.clone();
+                async move {
+                    let node = nodes.get(FAKE_NODE).await.ok()?;
+                    let tainted = node
+                        .spec
+                        .and_then(|s| s.taints)
+                        .is_some_and(|t| t.iter().any(|t| t.key == "node.kubernetes.io/not-ready"));
+                    let ready = node
+                        .status?
+                        .conditions?
+                        .into_iter()
+                        .any(|c| c.type_ == "Ready" && c.status == "True");
+                    (ready && !tainted).then_some(())
+                }
+            },
+        )
         .await?;
         let sas: Api<ServiceAccount> = Api::namespaced(client, "default");
         self.wait_until(
