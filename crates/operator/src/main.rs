@@ -2,6 +2,9 @@
 //! controllers, the event publisher and leader election, wired to telemetry and the
 //! control-plane agent.
 
+#[allow(dead_code)]
+mod runtime;
+
 fn main() {
     println!("vworkspace-operator {}", env!("CARGO_PKG_VERSION"));
 }

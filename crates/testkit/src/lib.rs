@@ -19,6 +19,7 @@ pub mod binaries;
 pub mod cluster;
 pub mod env;
 pub mod pki;
+pub mod sim;
 mod probe;
 
 pub use http;

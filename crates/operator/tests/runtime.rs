@@ -1,0 +1,549 @@
+//! The controller runtime against the real local Kubernetes: ConfigMaps are the watched
+//! kind (no CRDs needed), Secrets the owned children. Metrics are read the way Prometheus
+//! reads them: by encoding the registry. Every wait polls with a deadline.
+//!
+//! Needs the shared test cluster (`cargo xtask test`, or `cargo xtask cluster up` and
+//! plain `cargo test`).
+
+// The operator is a binary crate: compile its (self-contained) runtime module in here.
+#[allow(dead_code, unused_imports)]
+#[path = "../src/runtime/mod.rs"]
+mod runtime;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::watcher;
+use prometheus_client::registry::Registry;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use vworkspace_testkit::env::TestEnv;
+
+use runtime::metrics::testing::{encode, sample};
+use runtime::{Action, Controller, ErrorCategory, Event, Gate, ReconcileResult, RuntimeMetrics};
+
+const LABEL: &str = "runtime.vworkspace.io/test";
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// What the scripted reconcile does for one object, one step per reconcile; `Done` once
+/// the script is used up.
+#[derive(Debug, Clone, Copy)]
+enum Step {
+    Fail,
+    Requeue,
+    RequeueAfter(Duration),
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("scripted failure")]
+struct ScriptedError;
+
+impl ErrorCategory for ScriptedError {
+    fn category(&self) -> &'static str {
+        "Scripted"
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Seen {
+    name: String,
+    cleanup: bool,
+    last_known: bool,
+    at: Instant,
+}
+
+#[derive(Debug, Default)]
+struct Ctx {
+    gate: Option<Gate>,
+    script: Mutex<HashMap<String, VecDeque<Step>>>,
+    seen: Mutex<Vec<Seen>>,
+    outcomes: Mutex<Vec<(ReconcileResult, Option<&'static str>, String)>>,
+}
+
+impl Ctx {
+    fn seen(&self) -> Vec<Seen> {
+        self.seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+    fn reconciles_of(&self, name: &str) -> usize {
+        self.seen().iter().filter(|s| s.name == name).count()
+    }
+}
+
+async fn reconcile(event: Event<ConfigMap>, ctx: Arc<Ctx>) -> Result<Action, ScriptedError> {
+    if let Some(gate) = &ctx.gate {
+        gate.pass().await;
+    }
+    let key = event.key();
+    ctx.seen
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push(Seen {
+            name: key.name.clone(),
+            cleanup: matches!(event, Event::Cleanup { .. }),
+            last_known: event.object().is_some(),
+            at: Instant::now(),
+        });
+    let step = ctx
+        .script
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get_mut(&key.name)
+        .and_then(VecDeque::pop_front);
+    match step {
+        None => Ok(Action::Done),
+        Some(Step::Fail) => Err(ScriptedError),
+        Some(Step::Requeue) => Ok(Action::Requeue),
+        Some(Step::RequeueAfter(after)) => Ok(Action::RequeueAfter(after)),
+    }
+}
+
+/// One running controller over the labelled ConfigMaps of a fresh namespace.
+struct Harness {
+    name: &'static str,
+    namespace: String,
+    configmaps: Api<ConfigMap>,
+    secrets: Api<Secret>,
+    registry: Registry,
+    ctx: Arc<Ctx>,
+    stop: Option<oneshot::Sender<()>>,
+    running: Option<JoinHandle<()>>,
+}
+
+impl Harness {
+    async fn start(
+        name: &'static str,
+        ctx: Ctx,
+        build: impl FnOnce(Controller<ConfigMap>, &Harness) -> Controller<ConfigMap>,
+    ) -> Result<Self> {
+        let env = TestEnv::shared().await?;
+        let namespace = env.fresh_namespace("rt").await?;
+        let configmaps: Api<ConfigMap> = Api::namespaced(env.client.clone(), &namespace);
+        let secrets: Api<Secret> = Api::namespaced(env.client.clone(), &namespace);
+        let mut registry = Registry::default();
+        let metrics = RuntimeMetrics::register(&mut registry);
+        let mut harness = Self {
+            name,
+            namespace,
+            configmaps: configmaps.clone(),
+            secrets,
+            registry,
+            ctx: Arc::new(ctx),
+            stop: None,
+            running: None,
+        };
+        let controller = Controller::new(name, configmaps, &metrics)
+            .watcher_config(watcher::Config::default().labels(&format!("{LABEL}=yes")))
+            .on_reconcile({
+                let ctx = Arc::clone(&harness.ctx);
+                move |outcome| {
+                    ctx.outcomes
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .push((
+                            outcome.result,
+                            outcome.error_category,
+                            outcome.reconcile_id.to_owned(),
+                        ))
+                }
+            });
+        let controller = build(controller, &harness);
+        let mut synced = controller.synced();
+        let (stop, stopped) = oneshot::channel::<()>();
+        harness.running = Some(tokio::spawn(controller.run(
+            reconcile,
+            Arc::clone(&harness.ctx),
+            async move {
+                let _ = stopped.await;
+            },
+        )));
+        harness.stop = Some(stop);
+        tokio::time::timeout(DEADLINE, synced.wait_for(|s| *s))
+            .await
+            .context("caches did not sync")??;
+        Ok(harness)
+    }
+
+    fn metrics(&self) -> String {
+        encode(&self.registry)
+    }
+
+    /// A controller_runtime_* sample of this controller.
+    fn controller_metric(&self, metric: &str, extra: &[(&str, &str)]) -> Option<f64> {
+        let mut labels = vec![("controller", self.name)];
+        labels.extend_from_slice(extra);
+        sample(&self.metrics(), metric, &labels)
+    }
+
+    /// A workqueue_* sample of this controller's queue.
+    fn queue_metric(&self, metric: &str) -> Option<f64> {
+        sample(
+            &self.metrics(),
+            metric,
+            &[("name", self.name), ("controller", self.name)],
+        )
+    }
+
+    fn reconciles(&self, result: &str) -> Option<f64> {
+        self.controller_metric("controller_runtime_reconcile_total", &[("result", result)])
+    }
+
+    /// Poll `check` until it yields a value; fail with the metrics after `DEADLINE`.
+    async fn eventually<T>(&self, what: &str, mut check: impl FnMut(&Self) -> Option<T>) -> T {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(value) = check(self) {
+                return value;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what} in {}; metrics:\n{}\nseen: {:?}",
+                self.namespace,
+                self.metrics(),
+                self.ctx.seen()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn create_configmap(&self, name: &str) -> Result<ConfigMap> {
+        let cm: ConfigMap = serde_json::from_value(serde_json::json!({
+            "metadata": { "name": name, "labels": { LABEL: "yes" } },
+            "data": { "k": "v" }
+        }))?;
+        Ok(self.configmaps.create(&PostParams::default(), &cm).await?)
+    }
+
+    async fn stop(mut self) -> Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(running) = self.running.take() {
+            tokio::time::timeout(DEADLINE, running)
+                .await
+                .context("controller did not stop")??;
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn depth_is_exactly_the_number_of_waiting_objects() -> Result<()> {
+    const N: usize = 6;
+    let gate = Gate::closed();
+    let h = Harness::start(
+        "rt-depth",
+        Ctx {
+            gate: Some(gate.clone()),
+            ..Ctx::default()
+        },
+        |c, _| c.max_concurrent_reconciles(1),
+    )
+    .await?;
+    assert_eq!(
+        h.controller_metric("controller_runtime_max_concurrent_reconciles", &[]),
+        Some(1.0)
+    );
+    for i in 0..N {
+        h.create_configmap(&format!("cm-{i}")).await?;
+    }
+
+    // One object is being reconciled (held at the gate); every other one waits.
+    h.eventually("N objects added", |h| {
+        (h.queue_metric("workqueue_adds_total") == Some(N as f64)).then_some(())
+    })
+    .await;
+    h.eventually("one reconcile held at the gate", |_| {
+        (gate.waiting() == 1).then_some(())
+    })
+    .await;
+    assert_eq!(h.queue_metric("workqueue_depth"), Some((N - 1) as f64));
+    assert_eq!(
+        h.controller_metric("controller_runtime_active_workers", &[]),
+        Some(1.0)
+    );
+    assert_eq!(h.reconciles("success"), Some(0.0));
+
+    gate.open();
+    h.eventually("all reconciled", |h| {
+        (h.reconciles("success") == Some(N as f64)).then_some(())
+    })
+    .await;
+    h.eventually("workers idle", |h| {
+        (h.controller_metric("controller_runtime_active_workers", &[]) == Some(0.0)).then_some(())
+    })
+    .await;
+    assert_eq!(h.queue_metric("workqueue_depth"), Some(0.0));
+    assert_eq!(h.queue_metric("workqueue_adds_total"), Some(N as f64));
+    assert_eq!(h.queue_metric("workqueue_retries_total"), Some(0.0));
+    assert_eq!(
+        h.queue_metric("workqueue_work_duration_seconds_count"),
+        Some(N as f64)
+    );
+    for result in ["error", "requeue", "requeue_after"] {
+        assert_eq!(h.reconciles(result), Some(0.0), "{result}");
+    }
+    assert_eq!(
+        h.controller_metric("controller_runtime_reconcile_time_seconds_count", &[]),
+        Some(N as f64)
+    );
+    let seen = h.ctx.seen();
+    assert_eq!(seen.len(), N);
+    assert!(seen.iter().all(|s| !s.cleanup));
+    h.stop().await
+}
+
+#[tokio::test]
+async fn parallel_workers_take_waiting_objects_off_the_queue() -> Result<()> {
+    const N: usize = 5;
+    let gate = Gate::closed();
+    let h = Harness::start(
+        "rt-parallel",
+        Ctx {
+            gate: Some(gate.clone()),
+            ..Ctx::default()
+        },
+        |c, _| c.max_concurrent_reconciles(3),
+    )
+    .await?;
+    assert_eq!(
+        h.controller_metric("controller_runtime_max_concurrent_reconciles", &[]),
+        Some(3.0)
+    );
+    for i in 0..N {
+        h.create_configmap(&format!("cm-{i}")).await?;
+    }
+    h.eventually("three reconciles held at the gate", |h| {
+        (gate.waiting() == 3 && h.queue_metric("workqueue_adds_total") == Some(N as f64))
+            .then_some(())
+    })
+    .await;
+    assert_eq!(h.queue_metric("workqueue_depth"), Some((N - 3) as f64));
+    assert_eq!(
+        h.controller_metric("controller_runtime_active_workers", &[]),
+        Some(3.0)
+    );
+    gate.open();
+    h.eventually("all reconciled", |h| {
+        (h.reconciles("success") == Some(N as f64)).then_some(())
+    })
+    .await;
+    assert_eq!(h.queue_metric("workqueue_depth"), Some(0.0));
+    h.stop().await
+}
+
+#[tokio::test]
+async fn errors_are_counted_and_retried_with_backoff() -> Result<()> {
+    let ctx = Ctx::default();
+    ctx.script
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert("flaky".into(), VecDeque::from([Step::Fail, Step::Fail]));
+    let h = Harness::start("rt-errors", ctx, |c, _| c).await?;
+    h.create_configmap("flaky").await?;
+    h.eventually("success after two failures", |h| {
+        (h.reconciles("success") == Some(1.0)).then_some(())
+    })
+    .await;
+    assert_eq!(h.reconciles("error"), Some(2.0));
+    assert_eq!(
+        h.controller_metric("controller_runtime_reconcile_errors_total", &[]),
+        Some(2.0)
+    );
+    assert_eq!(
+        h.controller_metric("controller_runtime_reconcile_panics_total", &[]),
+        Some(0.0)
+    );
+    assert_eq!(h.queue_metric("workqueue_retries_total"), Some(2.0));
+    assert_eq!(h.queue_metric("workqueue_adds_total"), Some(3.0));
+    assert_eq!(h.ctx.reconciles_of("flaky"), 3);
+
+    // The per-item backoff grows: 5ms before the first retry, 10ms before the second.
+    let at: Vec<Instant> = h.ctx.seen().iter().map(|s| s.at).collect();
+    assert!(at[1] - at[0] >= Duration::from_millis(5), "{at:?}");
+    assert!(at[2] - at[1] >= Duration::from_millis(10), "{at:?}");
+
+    let outcomes = h
+        .ctx
+        .outcomes
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    let results: Vec<_> = outcomes.iter().map(|(r, c, _)| (*r, *c)).collect();
+    assert_eq!(
+        results,
+        [
+            (ReconcileResult::Error, Some("Scripted")),
+            (ReconcileResult::Error, Some("Scripted")),
+            (ReconcileResult::Success, None),
+        ]
+    );
+    // Each reconcile has its own id.
+    let ids: std::collections::HashSet<&String> = outcomes.iter().map(|(_, _, id)| id).collect();
+    assert_eq!(ids.len(), 3);
+    h.stop().await
+}
+
+#[tokio::test]
+async fn requeue_and_requeue_after_are_counted_apart() -> Result<()> {
+    let ctx = Ctx::default();
+    {
+        let mut script = ctx.script.lock().unwrap_or_else(PoisonError::into_inner);
+        script.insert(
+            "later".into(),
+            VecDeque::from([Step::RequeueAfter(Duration::from_millis(300))]),
+        );
+        script.insert("again".into(), VecDeque::from([Step::Requeue]));
+    }
+    let h = Harness::start("rt-requeue", ctx, |c, _| c).await?;
+    h.create_configmap("later").await?;
+    h.create_configmap("again").await?;
+    h.eventually("both done", |h| {
+        (h.reconciles("success") == Some(2.0)).then_some(())
+    })
+    .await;
+    assert_eq!(h.reconciles("requeue_after"), Some(1.0));
+    assert_eq!(h.reconciles("requeue"), Some(1.0));
+    assert_eq!(h.reconciles("error"), Some(0.0));
+    // client-go counts every delayed add as a retry.
+    assert_eq!(h.queue_metric("workqueue_retries_total"), Some(2.0));
+    let later: Vec<Instant> = h
+        .ctx
+        .seen()
+        .iter()
+        .filter(|s| s.name == "later")
+        .map(|s| s.at)
+        .collect();
+    assert_eq!(later.len(), 2);
+    assert!(
+        later[1] - later[0] >= Duration::from_millis(300),
+        "{later:?}"
+    );
+    h.stop().await
+}
+
+#[tokio::test]
+async fn an_owned_child_change_reconciles_its_parent() -> Result<()> {
+    let h = Harness::start("rt-owns", Ctx::default(), |c, h| {
+        c.owns(
+            h.secrets.clone(),
+            watcher::Config::default().labels(&format!("{LABEL}=yes")),
+        )
+    })
+    .await?;
+    let parent = h.create_configmap("parent").await?;
+    h.eventually("the parent's first reconcile", |h| {
+        (h.ctx.reconciles_of("parent") == 1).then_some(())
+    })
+    .await;
+
+    let uid = parent.metadata.uid.clone().context("parent uid")?;
+    let child: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {
+            "name": "child",
+            "labels": { LABEL: "yes" },
+            "ownerReferences": [{
+                "apiVersion": "v1", "kind": "ConfigMap", "name": "parent", "uid": uid,
+                "controller": true, "blockOwnerDeletion": true
+            }]
+        },
+        "stringData": { "k": "v1" }
+    }))?;
+    h.secrets.create(&PostParams::default(), &child).await?;
+    h.eventually("a reconcile of the parent for the child's creation", |h| {
+        (h.ctx.reconciles_of("parent") == 2).then_some(())
+    })
+    .await;
+
+    h.secrets
+        .patch(
+            "child",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({ "stringData": { "k": "v2" } })),
+        )
+        .await?;
+    h.eventually("a reconcile of the parent for the child's update", |h| {
+        (h.ctx.reconciles_of("parent") == 3).then_some(())
+    })
+    .await;
+    assert!(
+        h.ctx
+            .seen()
+            .iter()
+            .all(|s| s.name == "parent" && !s.cleanup)
+    );
+    h.stop().await
+}
+
+#[tokio::test]
+async fn a_deleted_object_is_reconciled_once_as_cleanup() -> Result<()> {
+    let h = Harness::start("rt-cleanup", Ctx::default(), |c, _| c).await?;
+    h.create_configmap("doomed").await?;
+    h.eventually("the first reconcile", |h| {
+        (h.ctx.reconciles_of("doomed") == 1).then_some(())
+    })
+    .await;
+    h.configmaps
+        .delete("doomed", &DeleteParams::default())
+        .await?;
+    let cleanup = h
+        .eventually("the cleanup reconcile", |h| {
+            h.ctx
+                .seen()
+                .into_iter()
+                .find(|s| s.name == "doomed" && s.cleanup)
+        })
+        .await;
+    assert!(cleanup.last_known, "the last known state is handed over");
+    h.eventually("the cleanup counted", |h| {
+        (h.reconciles("success") == Some(2.0)).then_some(())
+    })
+    .await;
+    h.stop().await
+}
+
+#[tokio::test]
+async fn shutdown_lets_the_in_flight_reconcile_finish() -> Result<()> {
+    let gate = Gate::closed();
+    let mut h = Harness::start(
+        "rt-shutdown",
+        Ctx {
+            gate: Some(gate.clone()),
+            ..Ctx::default()
+        },
+        |c, _| c,
+    )
+    .await?;
+    h.create_configmap("slow").await?;
+    h.create_configmap("queued").await?;
+    h.eventually("a reconcile held at the gate", |h| {
+        (gate.waiting() == 1 && h.queue_metric("workqueue_depth") == Some(1.0)).then_some(())
+    })
+    .await;
+    if let Some(stop) = h.stop.take() {
+        let _ = stop.send(());
+    }
+    let mut running = h.running.take().context("running")?;
+    // The controller must wait for the held reconcile rather than return.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), &mut running)
+            .await
+            .is_err(),
+        "run returned while a reconcile was in flight"
+    );
+    gate.open();
+    tokio::time::timeout(DEADLINE, running)
+        .await
+        .context("controller did not stop")??;
+    // The in-flight reconcile completed; the queued one was never started.
+    assert_eq!(h.reconciles("success"), Some(1.0));
+    assert_eq!(h.ctx.seen().len(), 1);
+    Ok(())
+}
