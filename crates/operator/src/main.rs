@@ -1,10 +1,289 @@
 //! The vworkspace-operator binary: the ApplicationInstance, Operation and Cluster
 //! controllers, the event publisher and leader election, wired to telemetry and the
 //! control-plane agent.
+//!
+//! Start-up order matters for what a person sees: logging first (every later line is
+//! JSON with the always-set fields), then the metrics and probe servers (so `/metrics`
+//! answers and `/readyz` explains itself while everything else starts), then leader
+//! election, and only on the leader the controllers.
 
+mod checks;
+mod cli;
+mod controllers;
+mod leader;
+mod publisher;
 #[allow(dead_code)]
 mod runtime;
 
-fn main() {
-    println!("vworkspace-operator {}", env!("CARGO_PKG_VERSION"));
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context as _, Result};
+use kube::api::Api;
+use kube::runtime::watcher;
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+use vworkspace_api::AuditSource;
+use vworkspace_api::application_instance::ApplicationInstance;
+use vworkspace_api::thirdparty::flux::HelmRelease;
+use vworkspace_telemetry::health::{BindAddress, Health, serve_metrics};
+use vworkspace_telemetry::logging::{self, LogOptions};
+use vworkspace_telemetry::metrics::{
+    Controller as ControllerLabel, LeaderElectionMetrics, OperatorMetrics, ProcessCollector,
+    ReconcileResult as SpecResult, RestClientMetrics,
+};
+
+use crate::cli::{Command, Options};
+use crate::publisher::{AuditSink, FileAuditSink, MemoryAuditSink, Publisher, Tee};
+use crate::runtime::{Controller, ReconcileResult, RuntimeMetrics};
+
+/// The operator's version as the spec shows it (`v0.1.0`).
+pub fn operator_version() -> String {
+    format!("v{}", env!("CARGO_PKG_VERSION"))
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let command = match cli::parse(&args) {
+        Ok(c) => c,
+        Err(err) => {
+            eprintln!("vworkspace-operator: {err}\n\n{}", cli::USAGE);
+            return ExitCode::from(2);
+        }
+    };
+    match command {
+        Command::Help => {
+            println!("{}", cli::USAGE);
+            ExitCode::SUCCESS
+        }
+        Command::Version => {
+            println!("vworkspace-operator {}", operator_version());
+            ExitCode::SUCCESS
+        }
+        Command::Crds { root } => match vworkspace_api::crds::write_all(&root) {
+            Ok(files) => {
+                for f in files {
+                    println!("wrote {}", f.display());
+                }
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("vworkspace-operator crds: {err}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Run(opts) => {
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt,
+                Err(err) => {
+                    eprintln!("vworkspace-operator: cannot start the async runtime: {err}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(run(*opts)) {
+                Ok(code) => code,
+                Err(err) => {
+                    tracing::error!(error = %format!("{err:#}"), "operator stopped");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+async fn run(opts: Options) -> Result<ExitCode> {
+    logging::init(LogOptions {
+        level: opts
+            .zap_log_level
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--zap-log-level: {e}"))?,
+        encoder: opts
+            .zap_encoder
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--zap-encoder: {e}"))?,
+        cluster_id: opts.cluster_id.clone(),
+        org_id: opts.org_id.clone(),
+        operator_version: operator_version(),
+        filter: None,
+    })?;
+    let metrics_addr: BindAddress = opts
+        .metrics_bind_address
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--metrics-bind-address: {e}"))?;
+    let probe_addr: BindAddress = opts
+        .health_probe_bind_address
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--health-probe-bind-address: {e}"))?;
+
+    let mut registry = Registry::default();
+    let operator_metrics = OperatorMetrics::register(&mut registry);
+    let runtime_metrics = RuntimeMetrics::register(&mut registry);
+    let leader_metrics = LeaderElectionMetrics::register(&mut registry, &opts.leader_election_id);
+    let rest = RestClientMetrics::register(&mut registry);
+    registry.register_collector(Box::new(ProcessCollector::new()));
+
+    let config = match &opts.kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("finding the cluster (in-cluster or KUBECONFIG)")?,
+    };
+    let layer = rest.layer(&config.cluster_url);
+    let client = kube::client::ClientBuilder::try_from(config)?
+        .with_layer(&layer)
+        .build();
+
+    // One controller for now; the Operation and Cluster controllers join it here.
+    let ai_controller = Controller::new(
+        controllers::application_instance::NAME,
+        Api::<ApplicationInstance>::all(client.clone()),
+        &runtime_metrics,
+    )
+    .owns(
+        Api::<HelmRelease>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .max_concurrent_reconciles(opts.max_concurrent_reconciles)
+    .on_reconcile({
+        let metrics = operator_metrics.clone();
+        move |outcome| {
+            let result = match outcome.result {
+                ReconcileResult::Success => SpecResult::Success,
+                ReconcileResult::Error => SpecResult::Error,
+                ReconcileResult::Requeue | ReconcileResult::RequeueAfter => SpecResult::Requeue,
+            };
+            metrics.record_reconcile(
+                ControllerLabel::ApplicationInstance,
+                result,
+                outcome.duration,
+            );
+        }
+    });
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let shutdown = move || {
+        let mut rx = shutdown_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+
+    let (leading_tx, leading_rx) = watch::channel(!opts.leader_elect);
+    leader_metrics.set_leader(!opts.leader_elect);
+
+    let health = Health::new();
+    checks::register(
+        &health,
+        client.clone(),
+        ai_controller.synced(),
+        leading_rx.clone(),
+    );
+
+    let registry = Arc::new(registry);
+    let metrics_server = tokio::spawn(serve_metrics(metrics_addr, registry, shutdown()));
+    let probe_server = tokio::spawn(health.serve(probe_addr, shutdown()));
+
+    let mut sinks: Vec<Arc<dyn AuditSink>> = vec![Arc::new(MemoryAuditSink::new(10_000))];
+    if let Some(path) = &opts.audit_log_file {
+        sinks.push(Arc::new(
+            FileAuditSink::open(path).with_context(|| format!("opening {}", path.display()))?,
+        ));
+    }
+    let publisher = Publisher::new(
+        client.clone(),
+        AuditSource {
+            cluster_id: opts.cluster_id.clone(),
+            org_id: opts.org_id.clone(),
+            operator_version: operator_version(),
+        },
+        opts.identity.clone(),
+        Arc::new(Tee(sinks)),
+    );
+
+    let elector = opts.leader_elect.then(|| {
+        leader::Elector::new(
+            client.clone(),
+            &opts.namespace,
+            &opts.leader_election_id,
+            &opts.identity,
+            leader::Timing::default(),
+        )
+    });
+    let mut lost_leadership = false;
+    if let Some(elector) = elector.clone() {
+        let tx = leading_tx.clone();
+        let metrics = leader_metrics.clone();
+        let mut rx = leading_rx.clone();
+        tokio::spawn(elector.run(tx));
+        tracing::info!(lease = %opts.leader_election_id, identity = %opts.identity, "waiting to become the leader");
+        tokio::select! {
+            won = rx.wait_for(|leading| *leading) => {
+                if won.is_err() {
+                    anyhow::bail!("leader election stopped");
+                }
+                metrics.set_leader(true);
+            }
+            _ = terminate_signal() => {
+                shutdown_tx.send_replace(true);
+                let _ = tokio::join!(metrics_server, probe_server);
+                return Ok(ExitCode::SUCCESS);
+            }
+        }
+    }
+
+    let ctx = Arc::new(controllers::application_instance::Context {
+        client: client.clone(),
+        publisher,
+    });
+    tracing::info!(controllers = "applicationinstance", "starting controllers");
+    let controller_task = tokio::spawn(ai_controller.run(
+        controllers::application_instance::reconcile,
+        ctx,
+        shutdown(),
+    ));
+
+    let mut leading = leading_rx.clone();
+    tokio::select! {
+        _ = terminate_signal() => tracing::info!("shutting down"),
+        _ = leading.wait_for(|l| !*l) => {
+            tracing::error!("leadership lost; exiting so that only the leader reconciles");
+            leader_metrics.set_leader(false);
+            lost_leadership = true;
+        }
+    }
+    shutdown_tx.send_replace(true);
+    let _ = controller_task.await;
+    if let Some(elector) = elector
+        && !lost_leadership
+    {
+        elector.release().await;
+        leader_metrics.set_leader(false);
+    }
+    let _ = tokio::join!(metrics_server, probe_server);
+    drop(leading_tx);
+    Ok(if lost_leadership {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// SIGTERM (Kubernetes) or SIGINT (a terminal).
+async fn terminate_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = term => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
 }

@@ -19,7 +19,7 @@ pub mod binaries;
 pub mod cluster;
 pub mod env;
 pub mod pki;
-pub mod sim;
 mod probe;
+pub mod sim;
 
 pub use http;

@@ -103,7 +103,10 @@ async fn run_repositories(api: Api<DynamicObject>, client: Client) {
         if obj.data["status"]["observedGeneration"].as_i64() == Some(generation) {
             continue;
         }
-        let url = obj.data["spec"]["url"].as_str().unwrap_or_default().to_owned();
+        let url = obj.data["spec"]["url"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
         let status = json!({
             "observedGeneration": generation,
             "url": url,
@@ -167,13 +170,19 @@ async fn release(
 ) -> Result<()> {
     let name = obj.name_any();
     let namespace = obj.namespace().unwrap_or_default();
-    let chart = obj.data["spec"]["chart"]["spec"]["chart"].as_str().unwrap_or_default();
-    let version = obj.data["spec"]["chart"]["spec"]["version"].as_str().unwrap_or_default();
+    let chart = obj.data["spec"]["chart"]["spec"]["chart"]
+        .as_str()
+        .unwrap_or_default();
+    let version = obj.data["spec"]["chart"]["spec"]["version"]
+        .as_str()
+        .unwrap_or_default();
     let mut history: Vec<Value> = obj.data["status"]["history"]
         .as_array()
         .cloned()
         .unwrap_or_default();
-    let installed = history.iter().any(|h| h["status"] == "deployed" || h["status"] == "superseded");
+    let installed = history
+        .iter()
+        .any(|h| h["status"] == "deployed" || h["status"] == "superseded");
     let action = if installed { "upgrade" } else { "install" };
 
     // Step 1: what helm-controller shows while it works.
@@ -182,14 +191,29 @@ async fn release(
         progressing = json!({});
     }
     progressing["conditions"] = json!([
-        condition("Reconciling", "True", "Progressing",
-            &format!("Fulfilling prerequisites for {action}"), generation),
-        condition("Ready", "Unknown", "Progressing", "Reconciliation in progress", generation),
+        condition(
+            "Reconciling",
+            "True",
+            "Progressing",
+            &format!("Fulfilling prerequisites for {action}"),
+            generation
+        ),
+        condition(
+            "Ready",
+            "Unknown",
+            "Progressing",
+            "Reconciliation in progress",
+            generation
+        ),
     ]);
     patch_status(client, resource, obj, progressing).await?;
 
     // Step 2: the verdict, with a new history entry on top (newest first, as Flux keeps it).
-    let revision = history.first().and_then(|h| h["version"].as_i64()).unwrap_or(0) + 1;
+    let revision = history
+        .first()
+        .and_then(|h| h["version"].as_i64())
+        .unwrap_or(0)
+        + 1;
     let now = now_rfc3339();
     let (entry_status, ready, reason, message) = match &failure {
         None => {
@@ -199,7 +223,11 @@ async fn release(
                 }
             }
             let verb = if installed { "upgrade" } else { "install" };
-            let reason = if installed { "UpgradeSucceeded" } else { "InstallSucceeded" };
+            let reason = if installed {
+                "UpgradeSucceeded"
+            } else {
+                "InstallSucceeded"
+            };
             let message = format!(
                 "Helm {verb} succeeded for release {namespace}/{name}.v{revision} with chart {chart}@{version}"
             );
@@ -207,7 +235,11 @@ async fn release(
         }
         Some(why) => {
             let verb = if installed { "upgrade" } else { "install" };
-            let reason = if installed { "UpgradeFailed" } else { "InstallFailed" };
+            let reason = if installed {
+                "UpgradeFailed"
+            } else {
+                "InstallFailed"
+            };
             let message = format!(
                 "Helm {verb} failed for release {namespace}/{name} with chart {chart}@{version}: {why}"
             );
@@ -249,8 +281,11 @@ async fn patch_status(
     obj: &DynamicObject,
     status: Value,
 ) -> Result<()> {
-    let api: Api<DynamicObject> =
-        Api::namespaced_with(client.clone(), &obj.namespace().unwrap_or_default(), resource);
+    let api: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        &obj.namespace().unwrap_or_default(),
+        resource,
+    );
     api.patch_status(
         &obj.name_any(),
         &PatchParams::default(),

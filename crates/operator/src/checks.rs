@@ -1,0 +1,160 @@
+//! Readiness sub-checks of `/readyz`:
+//!
+//! * `crds` — our CRDs are registered, Established, and serve the schema this binary
+//!   was built with (a stale CRD after an upgrade is reported, not silently used);
+//! * `rbac` — the operator's own permissions, verified with SelfSubjectAccessReview;
+//! * `informers` — the leader's caches are synced (a standby replica is ready: it is
+//!   healthy and waiting, and scraping must keep working for it).
+//!
+//! Each check runs when probed, with the telemetry crate's timeout, and returns a
+//! reason a person can act on.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::Client;
+use kube::api::{Api, PostParams};
+use tokio::sync::watch;
+use vworkspace_telemetry::health::Health;
+
+/// Register the operator's readiness checks.
+pub fn register(
+    health: &Health,
+    client: Client,
+    synced: watch::Receiver<bool>,
+    leading: watch::Receiver<bool>,
+) {
+    let expected = Arc::new(vworkspace_api::crds::operator_crds());
+    let crd_client = client.clone();
+    health.add_readiness_check("crds", move || {
+        let client = crd_client.clone();
+        let expected = expected.clone();
+        async move { check_crds(client, &expected).await }
+    });
+    let rbac_client = client;
+    health.add_readiness_check("rbac", move || {
+        let client = rbac_client.clone();
+        async move { check_rbac(client).await }
+    });
+    health.add_readiness_check("informers", move || {
+        let synced = *synced.borrow();
+        let leading = *leading.borrow();
+        async move {
+            match (leading, synced) {
+                (false, _) => Ok(()),
+                (true, true) => Ok(()),
+                (true, false) => Err("the applicationinstance cache has not synced yet".to_owned()),
+            }
+        }
+    });
+}
+
+/// The CRDs the controllers need now (AuditBatch is only used in Push mode).
+const REQUIRED: [&str; 3] = [
+    "applicationinstances.vworkspace.io",
+    "operations.vworkspace.io",
+    "clusters.vworkspace.io",
+];
+
+async fn check_crds(client: Client, expected: &[CustomResourceDefinition]) -> Result<(), String> {
+    let api: Api<CustomResourceDefinition> = Api::all(client);
+    let mut problems = Vec::new();
+    for name in REQUIRED {
+        let live = match api.get_opt(name).await {
+            Ok(Some(crd)) => crd,
+            Ok(None) => {
+                problems.push(format!("{name} is not installed"));
+                continue;
+            }
+            Err(err) => return Err(format!("cannot read CRDs: {err}")),
+        };
+        let established = live
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| {
+                c.iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True")
+            });
+        if !established {
+            problems.push(format!("{name} is not Established"));
+            continue;
+        }
+        let Some(want) = expected
+            .iter()
+            .find(|c| c.metadata.name.as_deref() == Some(name))
+        else {
+            continue;
+        };
+        if schema_of(&live) != schema_of(want) {
+            problems.push(format!(
+                "{name} serves a different schema than this operator expects; apply deploy/crds"
+            ));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("; "))
+    }
+}
+
+fn schema_of(crd: &CustomResourceDefinition) -> Option<serde_json::Value> {
+    let version = crd.spec.versions.iter().find(|v| v.served && v.storage)?;
+    let schema = version.schema.as_ref()?.open_api_v3_schema.as_ref()?;
+    serde_json::to_value(schema).ok()
+}
+
+/// (verb, group, resource, subresource) the operator needs cluster-wide.
+const PERMISSIONS: &[(&str, &str, &str, &str)] = &[
+    ("list", "vworkspace.io", "applicationinstances", ""),
+    ("watch", "vworkspace.io", "applicationinstances", ""),
+    ("patch", "vworkspace.io", "applicationinstances", "status"),
+    ("list", "helm.toolkit.fluxcd.io", "helmreleases", ""),
+    ("watch", "helm.toolkit.fluxcd.io", "helmreleases", ""),
+    ("patch", "helm.toolkit.fluxcd.io", "helmreleases", ""),
+    ("patch", "source.toolkit.fluxcd.io", "helmrepositories", ""),
+    ("create", "events.k8s.io", "events", ""),
+    ("get", "", "secrets", ""),
+    ("get", "", "configmaps", ""),
+];
+
+async fn check_rbac(client: Client) -> Result<(), String> {
+    let api: Api<SelfSubjectAccessReview> = Api::all(client);
+    let mut denied = Vec::new();
+    for (verb, group, resource, subresource) in PERMISSIONS {
+        let review = SelfSubjectAccessReview {
+            spec: SelfSubjectAccessReviewSpec {
+                resource_attributes: Some(ResourceAttributes {
+                    verb: Some((*verb).to_owned()),
+                    group: Some((*group).to_owned()),
+                    resource: Some((*resource).to_owned()),
+                    subresource: (!subresource.is_empty()).then(|| (*subresource).to_owned()),
+                    ..ResourceAttributes::default()
+                }),
+                ..SelfSubjectAccessReviewSpec::default()
+            },
+            ..SelfSubjectAccessReview::default()
+        };
+        let answer = api
+            .create(&PostParams::default(), &review)
+            .await
+            .map_err(|e| format!("SelfSubjectAccessReview failed: {e}"))?;
+        if !answer.status.is_some_and(|s| s.allowed) {
+            let what = if subresource.is_empty() {
+                format!("{verb} {resource}.{group}")
+            } else {
+                format!("{verb} {resource}/{subresource}.{group}")
+            };
+            denied.push(what);
+        }
+    }
+    if denied.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("missing permissions: {}", denied.join(", ")))
+    }
+}

@@ -1,0 +1,235 @@
+//! Command line. Flags follow controller-runtime's names so Helm values and runbooks
+//! written for Go operators carry over: `--metrics-bind-address`,
+//! `--health-probe-bind-address`, `--leader-elect`, `--zap-log-level`, `--zap-encoder`.
+//! Both `--flag=value` and `--flag value` are accepted.
+
+use std::path::PathBuf;
+
+/// What to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    /// Run the operator.
+    Run(Box<Options>),
+    /// Write the CRD manifests under `<root>/deploy/crds` (and the test CRDs).
+    Crds {
+        /// Repository root.
+        root: PathBuf,
+    },
+    /// Print the version.
+    Version,
+    /// Print usage.
+    Help,
+}
+
+/// Flags of `run`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Options {
+    /// `--metrics-bind-address` (`:8080`; `0` disables).
+    pub metrics_bind_address: String,
+    /// `--health-probe-bind-address` (`:8081`; `0` disables).
+    pub health_probe_bind_address: String,
+    /// `--leader-elect`.
+    pub leader_elect: bool,
+    /// `--leader-election-id`: the Lease name.
+    pub leader_election_id: String,
+    /// `--namespace`: where the operator lives (Lease, Cluster).
+    pub namespace: String,
+    /// `--zap-log-level`.
+    pub zap_log_level: String,
+    /// `--zap-encoder`.
+    pub zap_encoder: String,
+    /// `--cluster-id` (Cluster.metadata.name).
+    pub cluster_id: String,
+    /// `--org-id`.
+    pub org_id: String,
+    /// `--max-concurrent-reconciles` per controller.
+    pub max_concurrent_reconciles: usize,
+    /// `--audit-log-file`: also append audit events to this file as JSON lines.
+    pub audit_log_file: Option<PathBuf>,
+    /// `--kubeconfig` (else in-cluster or `$KUBECONFIG`).
+    pub kubeconfig: Option<PathBuf>,
+    /// `--identity`: this replica's name in the Lease (defaults to `$POD_NAME` or host name + pid).
+    pub identity: String,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        Self {
+            metrics_bind_address: ":8080".into(),
+            health_probe_bind_address: ":8081".into(),
+            leader_elect: false,
+            leader_election_id: "vworkspace-operator".into(),
+            namespace: env("POD_NAMESPACE").unwrap_or_else(|| "vworkspace-system".into()),
+            zap_log_level: "info".into(),
+            zap_encoder: "json".into(),
+            cluster_id: env("VWORKSPACE_CLUSTER_ID").unwrap_or_else(|| "local".into()),
+            org_id: env("VWORKSPACE_ORG_ID").unwrap_or_else(|| "unknown".into()),
+            max_concurrent_reconciles: 4,
+            audit_log_file: None,
+            kubeconfig: None,
+            identity: env("POD_NAME").unwrap_or_else(|| {
+                let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .map(|h| h.trim().to_owned())
+                    .unwrap_or_else(|_| "operator".into());
+                format!("{host}-{}", std::process::id())
+            }),
+        }
+    }
+}
+
+/// Usage text.
+pub const USAGE: &str = "usage: vworkspace-operator [run] [flags] | crds [--root DIR] | version
+
+flags of run (defaults in brackets):
+  --metrics-bind-address ADDR       serve /metrics on ADDR [:8080]; 0 disables
+  --health-probe-bind-address ADDR  serve /healthz and /readyz on ADDR [:8081]; 0 disables
+  --leader-elect                    elect a leader through a Lease before reconciling [false]
+  --leader-election-id NAME         name of that Lease [vworkspace-operator]
+  --namespace NS                    the operator's namespace [$POD_NAMESPACE or vworkspace-system]
+  --zap-log-level LEVEL             debug|info|warn|error [info]; RUST_LOG refines it
+  --zap-encoder ENC                 json|console [json]
+  --cluster-id ID                   this cluster's id [$VWORKSPACE_CLUSTER_ID or local]
+  --org-id ID                       the owning organization [$VWORKSPACE_ORG_ID or unknown]
+  --max-concurrent-reconciles N     workers per controller [4]
+  --audit-log-file PATH             also append audit events to PATH as JSON lines
+  --kubeconfig PATH                 kubeconfig to use [in-cluster, else $KUBECONFIG]
+  --identity NAME                   this replica's Lease identity [$POD_NAME or host-pid]";
+
+/// Parse the arguments after the program name.
+pub fn parse(args: &[String]) -> Result<Command, String> {
+    let mut args = args.iter().map(String::as_str).peekable();
+    match args.peek().copied() {
+        Some("crds") => {
+            args.next();
+            let mut root = PathBuf::from(".");
+            while let Some(arg) = args.next() {
+                let (flag, inline) = split(arg);
+                match flag {
+                    "--root" => root = PathBuf::from(value(flag, inline, &mut args)?),
+                    other => return Err(format!("unknown flag {other:?} for crds")),
+                }
+            }
+            return Ok(Command::Crds { root });
+        }
+        Some("version" | "--version") => return Ok(Command::Version),
+        Some("help" | "--help" | "-h") => return Ok(Command::Help),
+        Some("run") => {
+            args.next();
+        }
+        _ => {}
+    }
+    let mut o = Options::default();
+    while let Some(arg) = args.next() {
+        let (flag, inline) = split(arg);
+        match flag {
+            "--metrics-bind-address" => o.metrics_bind_address = value(flag, inline, &mut args)?,
+            "--health-probe-bind-address" => {
+                o.health_probe_bind_address = value(flag, inline, &mut args)?;
+            }
+            "--leader-elect" => {
+                o.leader_elect = match inline {
+                    None | Some("true") => true,
+                    Some("false") => false,
+                    Some(other) => {
+                        return Err(format!("--leader-elect takes true or false, not {other:?}"));
+                    }
+                };
+            }
+            "--leader-election-id" => o.leader_election_id = value(flag, inline, &mut args)?,
+            "--namespace" => o.namespace = value(flag, inline, &mut args)?,
+            "--zap-log-level" => o.zap_log_level = value(flag, inline, &mut args)?,
+            "--zap-encoder" => o.zap_encoder = value(flag, inline, &mut args)?,
+            "--cluster-id" => o.cluster_id = value(flag, inline, &mut args)?,
+            "--org-id" => o.org_id = value(flag, inline, &mut args)?,
+            "--max-concurrent-reconciles" => {
+                let v = value(flag, inline, &mut args)?;
+                o.max_concurrent_reconciles =
+                    v.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                        format!("--max-concurrent-reconciles needs a positive integer, not {v:?}")
+                    })?;
+            }
+            "--audit-log-file" => o.audit_log_file = Some(value(flag, inline, &mut args)?.into()),
+            "--kubeconfig" => o.kubeconfig = Some(value(flag, inline, &mut args)?.into()),
+            "--identity" => o.identity = value(flag, inline, &mut args)?,
+            other => return Err(format!("unknown flag {other:?}")),
+        }
+    }
+    Ok(Command::Run(Box::new(o)))
+}
+
+fn split(arg: &str) -> (&str, Option<&str>) {
+    match arg.split_once('=') {
+        Some((flag, v)) if flag.starts_with("--") => (flag, Some(v)),
+        _ => (arg, None),
+    }
+}
+
+fn value<'a>(
+    flag: &str,
+    inline: Option<&'a str>,
+    rest: &mut std::iter::Peekable<impl Iterator<Item = &'a str>>,
+) -> Result<String, String> {
+    if let Some(v) = inline {
+        return Ok(v.to_owned());
+    }
+    match rest.next() {
+        Some(v) if !v.starts_with("--") => Ok(v.to_owned()),
+        _ => Err(format!("{flag} needs a value")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn controller_runtime_flag_forms() {
+        let Ok(Command::Run(o)) = parse(&args(
+            "--metrics-bind-address=:9090 --health-probe-bind-address 127.0.0.1:9091 --leader-elect --zap-log-level=debug --zap-encoder console",
+        )) else {
+            panic!("should parse");
+        };
+        assert_eq!(o.metrics_bind_address, ":9090");
+        assert_eq!(o.health_probe_bind_address, "127.0.0.1:9091");
+        assert!(o.leader_elect);
+        assert_eq!(
+            (o.zap_log_level.as_str(), o.zap_encoder.as_str()),
+            ("debug", "console")
+        );
+    }
+
+    #[test]
+    fn defaults_match_controller_runtime() {
+        let Ok(Command::Run(o)) = parse(&[]) else {
+            panic!("should parse")
+        };
+        assert_eq!(
+            (
+                o.metrics_bind_address.as_str(),
+                o.health_probe_bind_address.as_str()
+            ),
+            (":8080", ":8081")
+        );
+        assert!(!o.leader_elect);
+    }
+
+    #[test]
+    fn bad_input_is_a_clear_error() {
+        assert_eq!(
+            parse(&args("--bogus")),
+            Err("unknown flag \"--bogus\"".into())
+        );
+        assert!(parse(&args("--max-concurrent-reconciles=0")).is_err());
+        assert!(parse(&args("--zap-encoder")).is_err());
+        assert!(parse(&args("--leader-elect=maybe")).is_err());
+        assert_eq!(
+            parse(&args("crds --root /x")),
+            Ok(Command::Crds { root: "/x".into() })
+        );
+    }
+}

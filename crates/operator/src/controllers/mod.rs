@@ -1,0 +1,3 @@
+//! The controllers: I/O around the pure decisions in `vworkspace_reconcile`.
+
+pub mod application_instance;
