@@ -50,6 +50,8 @@ pub struct Options {
     pub kubeconfig: Option<PathBuf>,
     /// `--identity`: this replica's name in the Lease (defaults to `$POD_NAME` or host name + pid).
     pub identity: String,
+    /// `--watch-namespace`: reconcile only this namespace (default: all namespaces).
+    pub watch_namespace: Option<String>,
 }
 
 impl Default for Options {
@@ -74,6 +76,7 @@ impl Default for Options {
                     .unwrap_or_else(|_| "operator".into());
                 format!("{host}-{}", std::process::id())
             }),
+            watch_namespace: env("WATCH_NAMESPACE"),
         }
     }
 }
@@ -94,7 +97,8 @@ flags of run (defaults in brackets):
   --max-concurrent-reconciles N     workers per controller [4]
   --audit-log-file PATH             also append audit events to PATH as JSON lines
   --kubeconfig PATH                 kubeconfig to use [in-cluster, else $KUBECONFIG]
-  --identity NAME                   this replica's Lease identity [$POD_NAME or host-pid]";
+  --identity NAME                   this replica's Lease identity [$POD_NAME or host-pid]
+  --watch-namespace NS              reconcile only namespace NS [$WATCH_NAMESPACE or all]";
 
 /// Parse the arguments after the program name.
 pub fn parse(args: &[String]) -> Result<Command, String> {
@@ -152,6 +156,9 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             "--audit-log-file" => o.audit_log_file = Some(value(flag, inline, &mut args)?.into()),
             "--kubeconfig" => o.kubeconfig = Some(value(flag, inline, &mut args)?.into()),
             "--identity" => o.identity = value(flag, inline, &mut args)?,
+            "--watch-namespace" => {
+                o.watch_namespace = Some(value(flag, inline, &mut args)?).filter(|n| !n.is_empty());
+            }
             other => return Err(format!("unknown flag {other:?}")),
         }
     }

@@ -138,15 +138,19 @@ async fn run(opts: Options) -> Result<ExitCode> {
         .build();
 
     // One controller for now; the Operation and Cluster controllers join it here.
+    let (instances, releases) = match &opts.watch_namespace {
+        Some(ns) => (
+            Api::<ApplicationInstance>::namespaced(client.clone(), ns),
+            Api::<HelmRelease>::namespaced(client.clone(), ns),
+        ),
+        None => (Api::all(client.clone()), Api::all(client.clone())),
+    };
     let ai_controller = Controller::new(
         controllers::application_instance::NAME,
-        Api::<ApplicationInstance>::all(client.clone()),
+        instances,
         &runtime_metrics,
     )
-    .owns(
-        Api::<HelmRelease>::all(client.clone()),
-        watcher::Config::default(),
-    )
+    .owns(releases, watcher::Config::default())
     .max_concurrent_reconciles(opts.max_concurrent_reconciles)
     .on_reconcile({
         let metrics = operator_metrics.clone();

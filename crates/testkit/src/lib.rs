@@ -18,6 +18,7 @@
 pub mod binaries;
 pub mod cluster;
 pub mod env;
+pub mod fixtures;
 pub mod pki;
 mod probe;
 pub mod sim;
