@@ -1,0 +1,109 @@
+//! `/readyz` of the built binary before and after the CRDs exist.
+//!
+//! This test removes our CRDs from the shared cluster, so it is the only test in its
+//! binary, and it reinstalls them before it ends; cargo runs test binaries one after
+//! another, so no other test sees the gap.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams};
+use serde_json::Value;
+use vworkspace_testkit::env::{TestEnv, poll_until};
+use vworkspace_testkit::fixtures::{
+    OperatorProcess, apply_crds, operator_crd_files, third_party_crd_files,
+};
+
+const OPERATOR: &str = env!("CARGO_BIN_EXE_vworkspace-operator");
+const LIMIT: Duration = Duration::from_secs(60);
+
+fn spawn(env: &TestEnv, ns: &str, tag: &str, extra: &[&str]) -> Result<OperatorProcess> {
+    let dir = std::env::temp_dir().join(format!("vws-{ns}-{tag}"));
+    let mut args = vec![
+        format!("--watch-namespace={ns}"),
+        format!("--identity={tag}"),
+        "--cluster-id=cluster-e2e".to_owned(),
+        "--org-id=org-e2e".to_owned(),
+    ];
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    OperatorProcess::spawn(std::path::Path::new(OPERATOR), &env.kubeconfig, &dir, &args)
+}
+
+#[tokio::test]
+async fn readyz_names_crds_until_they_are_installed() -> Result<()> {
+    let env = TestEnv::shared().await?;
+    let ns = env.fresh_namespace("ready").await?;
+    let crds: Api<CustomResourceDefinition> = Api::all(env.client.clone());
+    for name in [
+        "applicationinstances.vworkspace.io",
+        "operations.vworkspace.io",
+        "clusters.vworkspace.io",
+    ] {
+        let _ = crds.delete(name, &DeleteParams::default()).await;
+    }
+    poll_until(LIMIT, "our CRDs to be gone", || async {
+        let list = crds.list(&Default::default()).await.ok()?;
+        let ours = [
+            "applicationinstances.vworkspace.io",
+            "operations.vworkspace.io",
+            "clusters.vworkspace.io",
+        ];
+        (!list.items.iter().any(|c| {
+            c.metadata
+                .name
+                .as_deref()
+                .is_some_and(|n| ours.contains(&n))
+        }))
+        .then_some(())
+    })
+    .await?;
+
+    let mut op = spawn(&env, &ns, "ready", &[])?;
+    let (code, body) = poll_until(LIMIT, "/readyz to answer", || async {
+        op.probe("/readyz").await.ok()
+    })
+    .await?;
+    ensure!(code == 503, "not ready without CRDs: {code} {body}");
+    let report: Value =
+        serde_json::from_str(&body).with_context(|| format!("JSON body: {body}"))?;
+    let failed: Vec<&str> = report["checks"]
+        .as_array()
+        .context("checks")?
+        .iter()
+        .filter(|c| c["ok"] == false)
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    ensure!(
+        failed.contains(&"crds"),
+        "crds named among failed checks: {body}"
+    );
+    ensure!(
+        body.contains("applicationinstances.vworkspace.io is not installed"),
+        "reason given: {body}"
+    );
+    let (code, _) = op.probe("/readyz/crds").await?;
+    ensure!(code == 503);
+    let (code, _) = op.probe("/readyz?exclude=crds&exclude=informers").await?;
+    ensure!(code == 200, "excluding the failing checks makes it ready");
+    let (code, _) = op.probe("/healthz").await?;
+    ensure!(code == 200, "alive while unready");
+    ensure!(
+        op.metrics()
+            .await?
+            .contains("vworkspace_operator_reconcile_total"),
+        "metrics served while unready"
+    );
+
+    apply_crds(&env.client, &operator_crd_files()?).await?;
+    apply_crds(&env.client, &third_party_crd_files()?).await?;
+    let (code, body) = poll_until(Duration::from_secs(120), "/readyz 200", || async {
+        let (code, body) = op.probe("/readyz").await.ok()?;
+        (code == 200).then_some((code, body))
+    })
+    .await?;
+    ensure!(code == 200, "{body}");
+    op.ensure_running()?;
+    Ok(())
+}
