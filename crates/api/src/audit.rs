@@ -74,6 +74,17 @@ pub enum EventSubject<'a> {
         /// The revision the event is about.
         revision: i64,
     },
+    /// Once per condition transition within a generation: a generation's outcome
+    /// (`ReconcileSucceeded`, `ReconcileFailed`). The generation keeps two outcomes of
+    /// different generations apart even when both fall in the same second.
+    GenerationTransition {
+        /// The object's `metadata.uid`.
+        uid: &'a str,
+        /// The generation the outcome belongs to.
+        generation: i64,
+        /// The condition's `lastTransitionTime`; only whole seconds count.
+        at: &'a Time,
+    },
     /// Once per point in time: a condition transition (its `lastTransitionTime`) or an
     /// occurrence that has no generation (e.g. `CredentialRotated`).
     Transition {
@@ -108,6 +119,16 @@ pub fn event_id(cluster_id: &str, kind: &str, subject: &EventSubject<'_>) -> Str
             field(b"revision");
             field(uid.as_bytes());
             field(revision.to_string().as_bytes());
+        }
+        EventSubject::GenerationTransition {
+            uid,
+            generation,
+            at,
+        } => {
+            field(b"generation-transition");
+            field(uid.as_bytes());
+            field(generation.to_string().as_bytes());
+            field(rfc3339_seconds(at).as_bytes());
         }
         EventSubject::Transition { uid, at } => {
             field(b"transition");

@@ -323,6 +323,36 @@ async fn lifecycle_events_metrics_logs_and_secrets() -> Result<()> {
             r#"workqueue_depth{controller="applicationinstance",name="applicationinstance"}"#
         ) == Some(0.0)
     );
+    // Every Event was a POST answered 201, counted by the client layer with the API
+    // server's host:port.
+    let posts_created: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("rest_client_requests_total{") && l.contains(r#"code="201""#))
+        .filter(|l| l.contains(r#"method="POST""#) && l.contains(r#"host="127.0.0.1:"#))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum();
+    ensure!(
+        posts_created >= events.len() as f64,
+        "rest_client POST 201s {posts_created} >= {} Events",
+        events.len()
+    );
+    for name in [
+        "process_resident_memory_bytes",
+        "process_cpu_seconds_total",
+        "process_open_fds",
+        "process_start_time_seconds",
+    ] {
+        ensure!(
+            sample(&metrics, name).is_some_and(|v| v > 0.0),
+            "{name} exposed"
+        );
+    }
+    ensure!(
+        sample(
+            &metrics,
+            r#"leader_election_master_status{name="vworkspace-operator"}"#
+        ) == Some(1.0)
+    );
     ensure!(
         !metrics.contains(&ns),
         "no per-object label (namespace) in metrics"

@@ -257,8 +257,8 @@ pub enum EventKey {
     Generation(i64),
     /// Once per HelmRelease revision.
     Revision(i64),
-    /// Once per condition transition (its lastTransitionTime).
-    Transition(Time),
+    /// Once per condition transition of a generation (its lastTransitionTime).
+    Transition(i64, Time),
 }
 
 /// The new status and what to announce.
@@ -476,7 +476,7 @@ pub fn plan_status(obj: &ApplicationInstance, observed: Observed<'_>, now: &Time
             reason: verdict.ready.1.to_owned(),
             message: verdict.ready.2.clone(),
             warning: false,
-            key: EventKey::Transition(transition_time(ai::READY)),
+            key: EventKey::Transition(generation.unwrap_or_default(), transition_time(ai::READY)),
         });
     }
     if failed_became_true {
@@ -485,7 +485,7 @@ pub fn plan_status(obj: &ApplicationInstance, observed: Observed<'_>, now: &Time
             reason: verdict.failed.1.to_owned(),
             message: verdict.failed.2.clone(),
             warning: true,
-            key: EventKey::Transition(transition_time(ai::FAILED)),
+            key: EventKey::Transition(generation.unwrap_or_default(), transition_time(ai::FAILED)),
         });
     }
     let changed = status != current;
@@ -620,7 +620,7 @@ mod tests {
     #[test]
     fn version_bump_emits_started_upgraded_succeeded() {
         let mut obj = instance(1, "1.0.0");
-        step(
+        let installed = step(
             &mut obj,
             &release(
                 1,
@@ -655,6 +655,13 @@ mod tests {
             [events::HELM_RELEASE_UPGRADED, events::RECONCILE_SUCCEEDED]
         );
         assert_eq!(plan.events[0].key, EventKey::Revision(2));
+        // Both generations' outcomes can fall in one second; their keys still differ, so
+        // the second ReconcileSucceeded is never deduplicated into the first.
+        assert!(matches!(
+            installed.events[1].key,
+            EventKey::Transition(1, _)
+        ));
+        assert!(matches!(plan.events[1].key, EventKey::Transition(2, _)));
     }
 
     #[test]

@@ -45,24 +45,33 @@ pub async fn apply_crds(client: &Client, files: &[PathBuf]) -> Result<Vec<String
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     let mut names = Vec::new();
     for file in files {
-        let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-        let crd: CustomResourceDefinition = serde_yaml_from_str(&text)
-            .with_context(|| format!("parsing {}", file.display()))?;
+        let text =
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        let crd: CustomResourceDefinition =
+            serde_yaml_from_str(&text).with_context(|| format!("parsing {}", file.display()))?;
         let name = crd.name_any();
-        api.patch(&name, &PatchParams::apply("vworkspace-testkit").force(), &Patch::Apply(&crd))
-            .await
-            .with_context(|| format!("applying {name}"))?;
+        api.patch(
+            &name,
+            &PatchParams::apply("vworkspace-testkit").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .with_context(|| format!("applying {name}"))?;
         names.push(name);
     }
     for name in &names {
-        poll_until(Duration::from_secs(60), &format!("{name} to be Established"), || async {
-            let crd = api.get(name).await.ok()?;
-            crd.status?
-                .conditions?
-                .iter()
-                .any(|c| c.type_ == "Established" && c.status == "True")
-                .then_some(())
-        })
+        poll_until(
+            Duration::from_secs(60),
+            &format!("{name} to be Established"),
+            || async {
+                let crd = api.get(name).await.ok()?;
+                crd.status?
+                    .conditions?
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True")
+                    .then_some(())
+            },
+        )
         .await?;
     }
     Ok(names)
@@ -103,7 +112,9 @@ impl OperatorProcess {
             .arg(binary)
             .arg(format!("--kubeconfig={}", kubeconfig.display()))
             .arg(format!("--metrics-bind-address=127.0.0.1:{metrics_port}"))
-            .arg(format!("--health-probe-bind-address=127.0.0.1:{probe_port}"))
+            .arg(format!(
+                "--health-probe-bind-address=127.0.0.1:{probe_port}"
+            ))
             .arg(format!("--audit-log-file={}", audit_log.display()))
             .args(extra)
             .stdin(Stdio::null())
@@ -111,7 +122,13 @@ impl OperatorProcess {
             .stderr(out)
             .spawn()
             .with_context(|| format!("starting {}", binary.display()))?;
-        Ok(Self { child: Some(child), log, audit_log, metrics_port, probe_port })
+        Ok(Self {
+            child: Some(child),
+            log,
+            audit_log,
+            metrics_port,
+            probe_port,
+        })
     }
 
     /// The process id.
@@ -137,7 +154,10 @@ impl OperatorProcess {
 
     /// The log lines written so far.
     pub fn log_lines(&self) -> Result<Vec<String>> {
-        Ok(std::fs::read_to_string(&self.log)?.lines().map(str::to_owned).collect())
+        Ok(std::fs::read_to_string(&self.log)?
+            .lines()
+            .map(str::to_owned)
+            .collect())
     }
 
     /// The audit events written so far (one JSON object each).
@@ -176,7 +196,9 @@ impl OperatorProcess {
     /// SIGTERM and wait (what Kubernetes does on a rollout); SIGKILL after 20s.
     pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
         let mut child = self.child.take()?;
-        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         while std::time::Instant::now() < deadline {
             if let Ok(Some(status)) = child.try_wait() {
@@ -196,7 +218,10 @@ impl Drop for OperatorProcess {
 }
 
 fn body(response: &str) -> String {
-    response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default()
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default()
 }
 
 /// The value of one sample line `name{labels} value` in Prometheus text; labels must

@@ -67,6 +67,9 @@ pub enum Error {
     /// Writing status failed.
     #[error("writing status: {0}")]
     Status(#[source] kube::Error),
+    /// Reading the instance failed.
+    #[error("reading the instance: {0}")]
+    Read(#[source] kube::Error),
 }
 
 impl ErrorCategory for Error {
@@ -75,6 +78,7 @@ impl ErrorCategory for Error {
             Self::Apply { .. } => "ApplyFailed",
             Self::Lookup { .. } => "LookupFailed",
             Self::Status(_) => "StatusWriteFailed",
+            Self::Read(_) => "ReadFailed",
         }
     }
 }
@@ -93,11 +97,18 @@ pub async fn reconcile(
 }
 
 async fn reconcile_instance(
-    obj: Arc<ApplicationInstance>,
+    cached: Arc<ApplicationInstance>,
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
-    let namespace = obj.namespace().unwrap_or_default();
-    let name = obj.name_any();
+    let namespace = cached.namespace().unwrap_or_default();
+    let name = cached.name_any();
+    // Decide on a fresh read, not the cache: a HelmRelease event can arrive before the
+    // watch has delivered our own last status write, and deciding on that stale status
+    // would repeat or lose a transition (and its Event).
+    let api: Api<ApplicationInstance> = Api::namespaced(ctx.client.clone(), &namespace);
+    let Some(obj) = api.get_opt(&name).await.map_err(Error::Read)? else {
+        return Ok(Action::Done);
+    };
     tracing::info!(generation = obj.metadata.generation, "reconcile started");
     let now = Time(Timestamp::now());
 
@@ -137,7 +148,6 @@ async fn reconcile_instance(
     };
 
     if status_plan.changed {
-        let api: Api<ApplicationInstance> = Api::namespaced(ctx.client.clone(), &namespace);
         api.patch_status(
             &name,
             &PatchParams::default(),
@@ -177,7 +187,11 @@ async fn announce(
             uid,
             revision: *revision,
         },
-        EventKey::Transition(at) => EventSubject::Transition { uid, at },
+        EventKey::Transition(generation, at) => EventSubject::GenerationTransition {
+            uid,
+            generation: *generation,
+            at,
+        },
     };
     let name = obj.name_any();
     publisher
