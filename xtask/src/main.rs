@@ -4,6 +4,10 @@
 //! * `cluster up|down|status` a local cluster for a person, outliving the command
 //! * `test [ARGS]`          build what is missing, start a cluster, run every test, stop it
 //! * `demo`                 start everything and show how to look at it
+//! * `bench [FLAGS]`        measure the ApplicationInstance controller, update docs/benchmarks.md
+
+mod bench;
+mod demo;
 
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
@@ -24,7 +28,10 @@ commands:
   cluster status      show whether that cluster is running
   test [ARGS...]      run the whole test suite against a fresh local cluster
                       (ARGS go to `cargo test`, e.g. `cargo xtask test -p vworkspace-testkit`)
-  demo                start a local cluster and show how to use it (Ctrl-C stops it)";
+  demo                start the cluster, simulated Flux and the operator, create sample
+                      applications and print the panes (Ctrl-C stops everything)
+  bench [FLAGS]       measure the ApplicationInstance controller on a fresh local cluster
+                      and write the numbers to docs/benchmarks.md (`bench --help` for flags)";
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -66,7 +73,8 @@ async fn run(args: &[String]) -> Result<ExitCode> {
         ["cluster", "down"] => cluster_down()?,
         ["cluster", "status"] => return cluster_status().await,
         ["test", rest @ ..] => return test(rest).await,
-        ["demo"] => demo().await?,
+        ["bench", rest @ ..] => return bench::run(rest).await,
+        ["demo"] => demo::run().await?,
         ["help"] | ["--help"] | ["-h"] | [] => println!("{USAGE}"),
         _ => bail!("unknown command {:?}\n\n{USAGE}", args.join(" ")),
     }
@@ -169,6 +177,8 @@ async fn test(extra: &[&str]) -> Result<ExitCode> {
         bail!("the code is not formatted: run `cargo fmt --all`");
     }
 
+    ensure_promtool().await?;
+
     // Compile before the cluster starts: on two cores the two would slow each other.
     let mut build = tokio::process::Command::new(env!("CARGO"));
     build
@@ -196,6 +206,8 @@ async fn test(extra: &[&str]) -> Result<ExitCode> {
         .args(extra)
         .env(KUBECONFIG_ENV, cluster.kubeconfig())
         .env(BIN_ENV, bins.dir())
+        // The metrics tests run promtool; `ensure_promtool` made sure it is here.
+        .env("VWORKSPACE_REQUIRE_PROMTOOL", "1")
         .stdin(Stdio::null());
     let mut child = cmd.spawn().context("starting cargo test")?;
     let status = tokio::select! {
@@ -221,23 +233,46 @@ async fn test(extra: &[&str]) -> Result<ExitCode> {
     })
 }
 
-async fn demo() -> Result<()> {
-    let bins = K8sBinaries::ensure()?;
-    let dir = binaries::cache_root()?.join("demo");
-    let cluster = LocalCluster::start(bins.clone(), &dir, Lifetime::Attached).await?;
-    println!(
-        "local Kubernetes {} is up at {}",
-        binaries::KUBERNETES_VERSION,
-        cluster.server()
-    );
-    print_usage(cluster.kubeconfig(), bins.dir());
-    let out = std::process::Command::new(bins.path("kubectl"))
-        .env("KUBECONFIG", cluster.kubeconfig())
-        .args(["get", "nodes,namespaces", "-o", "wide"])
-        .output()?;
-    println!("{}", String::from_utf8_lossy(&out.stdout));
-    println!("the demo keeps the cluster running; press Ctrl-C to stop it");
-    tokio::signal::ctrl_c().await?;
-    drop(cluster);
+/// `promtool check metrics` validates the operator's exposition in the tests. It comes
+/// from Debian's `prometheus` package; install it when missing and we are root (as on
+/// CI and the project's machines), otherwise say how.
+async fn ensure_promtool() -> Result<()> {
+    if which("promtool") {
+        return Ok(());
+    }
+    let uid = std::process::Command::new("id").arg("-u").output()?;
+    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+        bail!("promtool is missing: install Debian's `prometheus` package (it provides promtool)");
+    }
+    eprintln!("xtask test: installing promtool (Debian package `prometheus`)...");
+    for args in [
+        &["update", "-q"][..],
+        &[
+            "install",
+            "-y",
+            "-q",
+            "--no-install-recommends",
+            "prometheus",
+        ][..],
+    ] {
+        let status = tokio::process::Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .await
+            .context("running apt-get")?;
+        if !status.success() {
+            bail!("apt-get {} failed with {status}", args.join(" "));
+        }
+    }
+    if !which("promtool") {
+        bail!("the prometheus package did not provide promtool");
+    }
     Ok(())
+}
+
+fn which(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
+        .unwrap_or(false)
 }
