@@ -717,7 +717,9 @@ where
                         error!(error = %err, category, terminal = true, "Reconciler error");
                     } else {
                         self.queue.add_rate_limited(key.clone());
-                        error!(error = %err, category, "Reconciler error");
+                        // Retried with backoff: the spec logs retryable failures at warn
+                        // and keeps error for what will not fix itself.
+                        warn!(error = %err, category, "Reconciler error; retrying");
                     }
                     (ReconcileResult::Error, Some(category))
                 }
