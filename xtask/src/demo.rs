@@ -83,7 +83,7 @@ pub async fn run() -> Result<()> {
             .await
             .with_context(|| format!("creating {name}"))?;
     }
-    wait_ready(&api, &["nextcloud", "wiki"]).await?;
+    wait_condition(&api, &["nextcloud", "wiki"], "Ready").await?;
     // An upgrade that Flux fails, so the panes show a failure and its reason.
     api.patch(
         "nextcloud",
@@ -91,23 +91,7 @@ pub async fn run() -> Result<()> {
         &Patch::Merge(json!({ "spec": { "chart": { "version": "28.0.0" } } })),
     )
     .await?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        let failed = api
-            .get("nextcloud")
-            .await
-            .ok()
-            .and_then(|o| o.status)
-            .is_some_and(|s| {
-                s.conditions
-                    .iter()
-                    .any(|c| c.type_ == "Failed" && c.status == "True")
-            });
-        if failed {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    wait_condition(&api, &["nextcloud"], "Failed").await?;
     op.ensure_running()?;
 
     pane(
@@ -187,11 +171,12 @@ pub async fn run() -> Result<()> {
     Ok(())
 }
 
-async fn wait_ready(api: &Api<ApplicationInstance>, names: &[&str]) -> Result<()> {
+/// Wait until condition `type_` is True on every named instance.
+async fn wait_condition(api: &Api<ApplicationInstance>, names: &[&str], type_: &str) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     for name in names {
         loop {
-            let ready = api
+            let reached = api
                 .get(name)
                 .await
                 .ok()
@@ -199,14 +184,14 @@ async fn wait_ready(api: &Api<ApplicationInstance>, names: &[&str]) -> Result<()
                 .is_some_and(|s| {
                     s.conditions
                         .iter()
-                        .any(|c| c.type_ == "Ready" && c.status == "True")
+                        .any(|c| c.type_ == type_ && c.status == "True")
                 });
-            if ready {
+            if reached {
                 break;
             }
             anyhow::ensure!(
                 Instant::now() < deadline,
-                "{name} did not become Ready within 60s"
+                "{name} did not reach {type_}=True within 60s"
             );
             tokio::time::sleep(Duration::from_millis(250)).await;
         }

@@ -3,7 +3,6 @@
 //! to a fresh namespace (`--watch-namespace`), so tests do not see each other.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
@@ -14,40 +13,29 @@ use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams
 use serde_json::{Value, json};
 use vworkspace_api::application_instance::ApplicationInstance;
 use vworkspace_testkit::env::{TestEnv, poll_until, unique_suffix};
-use vworkspace_testkit::fixtures::{
-    OperatorProcess, apply_crds, operator_crd_files, sample, third_party_crd_files,
-};
+use vworkspace_testkit::fixtures::sample;
 use vworkspace_testkit::sim::flux::{
     FluxSimulator, helm_release_resource, helm_repository_resource,
 };
 
 const LIMIT: Duration = Duration::from_secs(60);
-const OPERATOR: &str = env!("CARGO_BIN_EXE_vworkspace-operator");
+/// Events of an install followed by one successful upgrade, in order.
+const AFTER_UPGRADE: [&str; 5] = [
+    "ReconcileStarted",
+    "ReconcileSucceeded",
+    "ReconcileStarted",
+    "HelmReleaseUpgraded",
+    "ReconcileSucceeded",
+];
+mod common;
 
-async fn setup(prefix: &str) -> Result<(TestEnv, String, PathBuf)> {
+use common::{install_crds, spawn_operator};
+
+async fn setup(prefix: &str) -> Result<(TestEnv, String)> {
     let env = TestEnv::shared().await?;
-    apply_crds(&env.client, &operator_crd_files()?).await?;
-    apply_crds(&env.client, &third_party_crd_files()?).await?;
+    install_crds(&env).await?;
     let ns = env.fresh_namespace(prefix).await?;
-    let dir = std::env::temp_dir().join(format!("vws-e2e-{ns}"));
-    Ok((env, ns, dir))
-}
-
-fn start_operator(
-    env: &TestEnv,
-    ns: &str,
-    dir: &std::path::Path,
-    extra: &[&str],
-) -> Result<OperatorProcess> {
-    let mut args = vec![
-        format!("--watch-namespace={ns}"),
-        "--cluster-id=cluster-e2e".to_owned(),
-        "--org-id=org-e2e".to_owned(),
-        format!("--identity=op-{}", unique_suffix()),
-    ];
-    args.extend(extra.iter().map(|s| (*s).to_owned()));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    OperatorProcess::spawn(std::path::Path::new(OPERATOR), &env.kubeconfig, dir, &args)
+    Ok((env, ns))
 }
 
 fn instance(name: &str, version: &str, secret: Option<&str>) -> Result<ApplicationInstance> {
@@ -125,9 +113,9 @@ async fn wait_events(
 
 #[tokio::test]
 async fn lifecycle_events_metrics_logs_and_secrets() -> Result<()> {
-    let (env, ns, dir) = setup("ai").await?;
+    let (env, ns) = setup("ai").await?;
     let flux = FluxSimulator::start(env.client.clone(), Some(&ns));
-    let mut op = start_operator(&env, &ns, &dir, &[])?;
+    let mut op = spawn_operator(&env, &ns, &format!("op-{}", unique_suffix()), &[])?;
     let canary = format!("canary-{}-s3cr3t", unique_suffix());
 
     // The chart-value secret whose content must never leave the Secret.
@@ -203,19 +191,7 @@ async fn lifecycle_events_metrics_logs_and_secrets() -> Result<()> {
         (obj.status?.helm_release?.revision == Some(2)).then_some(())
     })
     .await?;
-    wait_events(
-        &env,
-        &ns,
-        "app",
-        &[
-            "ReconcileStarted",
-            "ReconcileSucceeded",
-            "ReconcileStarted",
-            "HelmReleaseUpgraded",
-            "ReconcileSucceeded",
-        ],
-    )
-    .await?;
+    wait_events(&env, &ns, "app", &AFTER_UPGRADE).await?;
 
     // Flux fails the next upgrade.
     flux.fail_version("2.0.0", "pre-upgrade hook failed: job db-migrate timed out");
@@ -236,15 +212,7 @@ async fn lifecycle_events_metrics_logs_and_secrets() -> Result<()> {
         &env,
         &ns,
         "app",
-        &[
-            "ReconcileStarted",
-            "ReconcileSucceeded",
-            "ReconcileStarted",
-            "HelmReleaseUpgraded",
-            "ReconcileSucceeded",
-            "ReconcileStarted",
-            "ReconcileFailed",
-        ],
+        &[&AFTER_UPGRADE[..], &["ReconcileStarted", "ReconcileFailed"]].concat(),
     )
     .await?;
     ensure!(
@@ -495,9 +463,9 @@ fn promtool_accepts(metrics: &str) -> Result<()> {
 
 #[tokio::test]
 async fn invalid_instances_are_rejected_or_failed_and_others_keep_reconciling() -> Result<()> {
-    let (env, ns, dir) = setup("bad").await?;
+    let (env, ns) = setup("bad").await?;
     let _flux = FluxSimulator::start(env.client.clone(), Some(&ns));
-    let _op = start_operator(&env, &ns, &dir, &[])?;
+    let _op = spawn_operator(&env, &ns, &format!("op-{}", unique_suffix()), &[])?;
     let api: Api<ApplicationInstance> = Api::namespaced(env.client.clone(), &ns);
 
     // The schema rejects what it can express.

@@ -8,26 +8,13 @@ use kube::api::{Api, PostParams};
 use serde_json::json;
 use vworkspace_api::application_instance::ApplicationInstance;
 use vworkspace_testkit::env::{TestEnv, poll_until, unique_suffix};
-use vworkspace_testkit::fixtures::{
-    OperatorProcess, apply_crds, operator_crd_files, sample, third_party_crd_files,
-};
+mod common;
+
+use common::{install_crds, spawn_operator};
+use vworkspace_testkit::fixtures::sample;
 use vworkspace_testkit::sim::flux::FluxSimulator;
 
-const OPERATOR: &str = env!("CARGO_BIN_EXE_vworkspace-operator");
 const LIMIT: Duration = Duration::from_secs(60);
-
-fn spawn(env: &TestEnv, ns: &str, tag: &str, extra: &[&str]) -> Result<OperatorProcess> {
-    let dir = std::env::temp_dir().join(format!("vws-{ns}-{tag}"));
-    let mut args = vec![
-        format!("--watch-namespace={ns}"),
-        format!("--identity={tag}"),
-        "--cluster-id=cluster-e2e".to_owned(),
-        "--org-id=org-e2e".to_owned(),
-    ];
-    args.extend(extra.iter().map(|s| (*s).to_owned()));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    OperatorProcess::spawn(std::path::Path::new(OPERATOR), &env.kubeconfig, &dir, &args)
-}
 
 fn is_leader(metrics: &str) -> Option<f64> {
     sample(metrics, r#"leader_election_master_status{name="LEASE"}"#)
@@ -36,8 +23,7 @@ fn is_leader(metrics: &str) -> Option<f64> {
 #[tokio::test]
 async fn only_the_leader_reconciles_and_a_standby_takes_over() -> Result<()> {
     let env = TestEnv::shared().await?;
-    apply_crds(&env.client, &operator_crd_files()?).await?;
-    apply_crds(&env.client, &third_party_crd_files()?).await?;
+    install_crds(&env).await?;
     let ns = env.fresh_namespace("ha").await?;
     let _flux = FluxSimulator::start(env.client.clone(), Some(&ns));
     let lease = format!("vws-test-{}", unique_suffix());
@@ -47,8 +33,8 @@ async fn only_the_leader_reconciles_and_a_standby_takes_over() -> Result<()> {
         format!("--namespace={ns}"),
     ];
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let mut a = spawn(&env, &ns, "replica-a", &flags)?;
-    let mut b = spawn(&env, &ns, "replica-b", &flags)?;
+    let mut a = spawn_operator(&env, &ns, "replica-a", &flags)?;
+    let mut b = spawn_operator(&env, &ns, "replica-b", &flags)?;
     let series = |m: &str| is_leader(&m.replace(&lease, "LEASE"));
 
     let (mut leader, mut standby) = poll_until(LIMIT, "one leader", || async {

@@ -11,25 +11,11 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Api, DeleteParams};
 use serde_json::Value;
 use vworkspace_testkit::env::{TestEnv, poll_until};
-use vworkspace_testkit::fixtures::{
-    OperatorProcess, apply_crds, operator_crd_files, third_party_crd_files,
-};
+mod common;
 
-const OPERATOR: &str = env!("CARGO_BIN_EXE_vworkspace-operator");
+use common::{install_crds, spawn_operator};
+
 const LIMIT: Duration = Duration::from_secs(60);
-
-fn spawn(env: &TestEnv, ns: &str, tag: &str, extra: &[&str]) -> Result<OperatorProcess> {
-    let dir = std::env::temp_dir().join(format!("vws-{ns}-{tag}"));
-    let mut args = vec![
-        format!("--watch-namespace={ns}"),
-        format!("--identity={tag}"),
-        "--cluster-id=cluster-e2e".to_owned(),
-        "--org-id=org-e2e".to_owned(),
-    ];
-    args.extend(extra.iter().map(|s| (*s).to_owned()));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    OperatorProcess::spawn(std::path::Path::new(OPERATOR), &env.kubeconfig, &dir, &args)
-}
 
 #[tokio::test]
 async fn readyz_names_crds_until_they_are_installed() -> Result<()> {
@@ -60,7 +46,7 @@ async fn readyz_names_crds_until_they_are_installed() -> Result<()> {
     })
     .await?;
 
-    let mut op = spawn(&env, &ns, "ready", &[])?;
+    let mut op = spawn_operator(&env, &ns, "ready", &[])?;
     let (code, body) = poll_until(LIMIT, "/readyz to answer", || async {
         op.probe("/readyz").await.ok()
     })
@@ -96,8 +82,7 @@ async fn readyz_names_crds_until_they_are_installed() -> Result<()> {
         "metrics served while unready"
     );
 
-    apply_crds(&env.client, &operator_crd_files()?).await?;
-    apply_crds(&env.client, &third_party_crd_files()?).await?;
+    install_crds(&env).await?;
     let (code, body) = poll_until(Duration::from_secs(120), "/readyz 200", || async {
         let (code, body) = op.probe("/readyz").await.ok()?;
         (code == 200).then_some((code, body))

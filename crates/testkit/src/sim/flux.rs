@@ -87,22 +87,32 @@ fn api(client: &Client, namespace: Option<&str>, resource: &ApiResource) -> Api<
     }
 }
 
+/// Objects (with their generation) whose status has not caught up with their spec:
+/// what a Flux controller would pick up. Watch errors are retried by the watcher.
+fn pending_generations(
+    api: Api<DynamicObject>,
+) -> futures::stream::BoxStream<'static, (DynamicObject, i64)> {
+    watcher::watcher(api, watcher::Config::default())
+        .filter_map(|event| async move {
+            let obj = match event {
+                Ok(Event::Apply(obj) | Event::InitApply(obj)) => obj,
+                Ok(_) => return None,
+                Err(err) => {
+                    tracing::debug!(%err, "flux simulator: watch error");
+                    return None;
+                }
+            };
+            let generation = obj.metadata.generation.unwrap_or_default();
+            let observed = obj.data["status"]["observedGeneration"].as_i64();
+            (observed != Some(generation)).then_some((obj, generation))
+        })
+        .boxed()
+}
+
 async fn run_repositories(api: Api<DynamicObject>, client: Client) {
     let resource = helm_repository_resource();
-    let mut stream = watcher::watcher(api, watcher::Config::default()).boxed();
-    while let Some(event) = stream.next().await {
-        let obj = match event {
-            Ok(Event::Apply(obj) | Event::InitApply(obj)) => obj,
-            Ok(_) => continue,
-            Err(err) => {
-                tracing::debug!(%err, "flux simulator: repository watch error");
-                continue;
-            }
-        };
-        let generation = obj.metadata.generation.unwrap_or_default();
-        if obj.data["status"]["observedGeneration"].as_i64() == Some(generation) {
-            continue;
-        }
+    let mut stream = pending_generations(api);
+    while let Some((obj, generation)) = stream.next().await {
         let url = obj.data["spec"]["url"]
             .as_str()
             .unwrap_or_default()
@@ -128,21 +138,9 @@ async fn run_releases(
     // Our own status patches come back as watch events carrying a stale generation;
     // remembering what was handled keeps one release per generation.
     let mut handled: HashMap<String, i64> = HashMap::new();
-    let mut stream = watcher::watcher(api, watcher::Config::default()).boxed();
-    while let Some(event) = stream.next().await {
-        let obj = match event {
-            Ok(Event::Apply(obj) | Event::InitApply(obj)) => obj,
-            Ok(_) => continue,
-            Err(err) => {
-                tracing::debug!(%err, "flux simulator: release watch error");
-                continue;
-            }
-        };
+    let mut stream = pending_generations(api);
+    while let Some((obj, generation)) = stream.next().await {
         if obj.data["spec"]["suspend"].as_bool() == Some(true) {
-            continue;
-        }
-        let generation = obj.metadata.generation.unwrap_or_default();
-        if obj.data["status"]["observedGeneration"].as_i64() == Some(generation) {
             continue;
         }
         let uid = obj.uid().unwrap_or_default();

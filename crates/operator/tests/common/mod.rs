@@ -1,0 +1,41 @@
+//! Helpers shared by the operator's end-to-end tests.
+
+#![allow(dead_code)]
+
+use std::path::Path;
+
+use anyhow::Result;
+use vworkspace_testkit::env::TestEnv;
+use vworkspace_testkit::fixtures::{
+    OperatorProcess, apply_crds, operator_crd_files, third_party_crd_files,
+};
+
+/// The operator binary cargo built for these tests.
+pub const OPERATOR: &str = env!("CARGO_BIN_EXE_vworkspace-operator");
+
+/// Install our CRDs and the third-party test CRDs (idempotent).
+pub async fn install_crds(env: &TestEnv) -> Result<()> {
+    apply_crds(&env.client, &operator_crd_files()?).await?;
+    apply_crds(&env.client, &third_party_crd_files()?).await?;
+    Ok(())
+}
+
+/// Run the operator for namespace `ns` as replica `identity`; its log and audit file
+/// go to a directory named after both.
+pub fn spawn_operator(
+    env: &TestEnv,
+    ns: &str,
+    identity: &str,
+    extra: &[&str],
+) -> Result<OperatorProcess> {
+    let dir = std::env::temp_dir().join(format!("vws-e2e-{ns}-{identity}"));
+    let mut args = vec![
+        format!("--watch-namespace={ns}"),
+        format!("--identity={identity}"),
+        "--cluster-id=cluster-e2e".to_owned(),
+        "--org-id=org-e2e".to_owned(),
+    ];
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    OperatorProcess::spawn(Path::new(OPERATOR), &env.kubeconfig, &dir, &args)
+}
