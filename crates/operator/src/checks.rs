@@ -3,6 +3,8 @@
 //! * `crds` — our CRDs are registered, Established, and serve the schema this binary
 //!   was built with (a stale CRD after an upgrade is reported, not silently used);
 //! * `rbac` — the operator's own permissions, verified with SelfSubjectAccessReview;
+//! * `flux` — Flux's HelmRelease and HelmRepository kinds exist (the controller writes
+//!   them; without them its watch cannot start);
 //! * `informers` — the leader's caches are synced (a standby replica is ready: it is
 //!   healthy and waiting, and scraping must keep working for it).
 //!
@@ -33,6 +35,11 @@ pub fn register(
         let client = crd_client.clone();
         let expected = expected.clone();
         async move { check_crds(client, &expected).await }
+    });
+    let flux_client = client.clone();
+    health.add_readiness_check("flux", move || {
+        let client = flux_client.clone();
+        async move { check_flux(client).await }
     });
     let rbac_client = client;
     health.add_readiness_check("rbac", move || {
@@ -106,6 +113,33 @@ fn schema_of(crd: &CustomResourceDefinition) -> Option<serde_json::Value> {
     let version = crd.spec.versions.iter().find(|v| v.served && v.storage)?;
     let schema = version.schema.as_ref()?.open_api_v3_schema.as_ref()?;
     serde_json::to_value(schema).ok()
+}
+
+/// The Flux kinds the ApplicationInstance controller writes. Without them its watch
+/// cannot start, so the operator cannot become ready; this check says why.
+const FLUX: [&str; 2] = [
+    "helmreleases.helm.toolkit.fluxcd.io",
+    "helmrepositories.source.toolkit.fluxcd.io",
+];
+
+async fn check_flux(client: Client) -> Result<(), String> {
+    let api: Api<CustomResourceDefinition> = Api::all(client);
+    let mut missing = Vec::new();
+    for name in FLUX {
+        match api.get_opt(name).await {
+            Ok(Some(_)) => {}
+            Ok(None) => missing.push(name),
+            Err(err) => return Err(format!("cannot read CRDs: {err}")),
+        }
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} not installed: install Flux (source-controller and helm-controller)",
+            missing.join(", ")
+        ))
+    }
 }
 
 /// (verb, group, resource, subresource) the operator needs cluster-wide.

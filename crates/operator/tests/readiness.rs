@@ -22,20 +22,20 @@ async fn readyz_names_crds_until_they_are_installed() -> Result<()> {
     let env = TestEnv::shared().await?;
     let ns = env.fresh_namespace("ready").await?;
     let crds: Api<CustomResourceDefinition> = Api::all(env.client.clone());
-    for name in [
+    // Ours, and the Flux kinds the controller writes.
+    let removed = [
         "applicationinstances.vworkspace.io",
         "operations.vworkspace.io",
         "clusters.vworkspace.io",
-    ] {
+        "helmreleases.helm.toolkit.fluxcd.io",
+        "helmrepositories.source.toolkit.fluxcd.io",
+    ];
+    for name in removed {
         let _ = crds.delete(name, &DeleteParams::default()).await;
     }
-    poll_until(LIMIT, "our CRDs to be gone", || async {
+    poll_until(LIMIT, "the CRDs to be gone", || async {
         let list = crds.list(&Default::default()).await.ok()?;
-        let ours = [
-            "applicationinstances.vworkspace.io",
-            "operations.vworkspace.io",
-            "clusters.vworkspace.io",
-        ];
+        let ours = removed;
         (!list.items.iter().any(|c| {
             c.metadata
                 .name
@@ -62,8 +62,12 @@ async fn readyz_names_crds_until_they_are_installed() -> Result<()> {
         .filter_map(|c| c["name"].as_str())
         .collect();
     ensure!(
-        failed.contains(&"crds"),
-        "crds named among failed checks: {body}"
+        failed.contains(&"crds") && failed.contains(&"flux"),
+        "crds and flux named among failed checks: {body}"
+    );
+    ensure!(
+        body.contains("install Flux"),
+        "flux says what to do: {body}"
     );
     ensure!(
         body.contains("applicationinstances.vworkspace.io is not installed"),
@@ -71,7 +75,9 @@ async fn readyz_names_crds_until_they_are_installed() -> Result<()> {
     );
     let (code, _) = op.probe("/readyz/crds").await?;
     ensure!(code == 503);
-    let (code, _) = op.probe("/readyz?exclude=crds&exclude=informers").await?;
+    let (code, _) = op
+        .probe("/readyz?exclude=crds&exclude=flux&exclude=informers")
+        .await?;
     ensure!(code == 200, "excluding the failing checks makes it ready");
     let (code, _) = op.probe("/healthz").await?;
     ensure!(code == 200, "alive while unready");
