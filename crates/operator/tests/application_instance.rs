@@ -506,3 +506,56 @@ async fn invalid_instances_are_rejected_or_failed_and_others_keep_reconciling() 
     wait_condition(&api, "good", "Ready", "True").await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn suspend_holds_the_release_until_cleared() -> Result<()> {
+    let (env, ns) = setup("suspend").await?;
+    let _flux = FluxSimulator::start(env.client.clone(), Some(&ns));
+    let _op = spawn_operator(&env, &ns, &format!("op-{}", unique_suffix()), &[])?;
+    let api: Api<ApplicationInstance> = Api::namespaced(env.client.clone(), &ns);
+    let releases: Api<DynamicObject> =
+        Api::namespaced_with(env.client.clone(), &ns, &helm_release_resource());
+    api.create(&PostParams::default(), &instance("held", "1.0.0", None)?)
+        .await?;
+    wait_condition(&api, "held", "Ready", "True").await?;
+
+    // Suspend and bump the version in one change: Flux must be told to hold off.
+    api.patch(
+        "held",
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "spec": { "suspend": true, "chart": { "version": "1.1.0" } } })),
+    )
+    .await?;
+    let held = wait_condition(&api, "held", "Reconciling", "False").await?;
+    ensure!(
+        condition(&held, "Reconciling").is_some_and(|c| c.1 == "Suspended"),
+        "Reconciling=False/Suspended: {:?}",
+        condition(&held, "Reconciling")
+    );
+    ensure!(
+        condition(&held, "Ready").is_some_and(|c| c.0 == "True"),
+        "Ready is kept while suspended"
+    );
+    let hr = releases.get("held").await?;
+    ensure!(hr.data["spec"]["suspend"] == true, "HelmRelease suspended");
+    ensure!(
+        hr.data["status"]["history"][0]["chartVersion"] == "1.0.0",
+        "nothing released while suspended"
+    );
+
+    // Resuming releases the pending version.
+    api.patch(
+        "held",
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "spec": { "suspend": false } })),
+    )
+    .await?;
+    poll_until(LIMIT, "the held version to be released", || async {
+        let obj = api.get("held").await.ok()?;
+        let hr = obj.status?.helm_release?;
+        (hr.revision == Some(2) && hr.chart_version.as_deref() == Some("1.1.0")).then_some(())
+    })
+    .await?;
+    wait_condition(&api, "held", "Ready", "True").await?;
+    Ok(())
+}
