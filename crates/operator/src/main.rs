@@ -73,6 +73,11 @@ fn main() -> ExitCode {
             }
         },
         Command::Run(opts) => {
+            // Reject bad flag values before logging exists, so the message is not lost.
+            if let Err(err) = validate(&opts) {
+                eprintln!("vworkspace-operator: {err}\n\n{}", cli::USAGE);
+                return ExitCode::from(2);
+            }
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(rt) => rt,
                 Err(err) => {
@@ -89,6 +94,22 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+fn validate(opts: &Options) -> Result<(), String> {
+    opts.zap_log_level
+        .parse::<logging::LogLevel>()
+        .map_err(|e| format!("--zap-log-level: {e}"))?;
+    opts.zap_encoder
+        .parse::<logging::LogEncoder>()
+        .map_err(|e| format!("--zap-encoder: {e}"))?;
+    opts.metrics_bind_address
+        .parse::<BindAddress>()
+        .map_err(|e| format!("--metrics-bind-address: {e}"))?;
+    opts.health_probe_bind_address
+        .parse::<BindAddress>()
+        .map_err(|e| format!("--health-probe-bind-address: {e}"))?;
+    Ok(())
 }
 
 async fn run(opts: Options) -> Result<ExitCode> {
