@@ -233,23 +233,23 @@ impl Publisher {
                 tracing::warn!(error = %err, reason = announcement.event_reason, "cannot write the Kubernetes Event; the audit event is still sent");
             }
         }
-        let level_warn = announcement.warning;
-        if level_warn {
-            tracing::warn!(
-                event = announcement.event_reason,
-                reason = announcement.reason,
-                event_id,
-                "{}",
-                announcement.message
-            );
+        // tracing fixes a call site's level at compile time; one macro keeps the two
+        // call sites (Warning transitions log at warn, Normal ones at info) identical.
+        macro_rules! log_transition {
+            ($level:ident) => {
+                tracing::$level!(
+                    event = announcement.event_reason,
+                    reason = announcement.reason,
+                    event_id,
+                    "{}",
+                    announcement.message
+                )
+            };
+        }
+        if announcement.warning {
+            log_transition!(warn);
         } else {
-            tracing::info!(
-                event = announcement.event_reason,
-                reason = announcement.reason,
-                event_id,
-                "{}",
-                announcement.message
-            );
+            log_transition!(info);
         }
         self.sink.submit(audit);
     }
