@@ -12,8 +12,6 @@ mod cli;
 mod controllers;
 mod leader;
 mod publisher;
-#[allow(dead_code)]
-mod runtime;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -26,6 +24,7 @@ use tokio::sync::watch;
 use vworkspace_api::AuditSource;
 use vworkspace_api::application_instance::ApplicationInstance;
 use vworkspace_api::thirdparty::flux::HelmRelease;
+use vworkspace_runtime::{Controller, ReconcileResult, RuntimeMetrics};
 use vworkspace_telemetry::health::{BindAddress, Health, serve_metrics};
 use vworkspace_telemetry::logging::{self, LogOptions};
 use vworkspace_telemetry::metrics::{
@@ -35,7 +34,6 @@ use vworkspace_telemetry::metrics::{
 
 use crate::cli::{Command, Options};
 use crate::publisher::{AuditSink, FileAuditSink, MemoryAuditSink, Publisher, Tee};
-use crate::runtime::{Controller, ReconcileResult, RuntimeMetrics};
 
 /// The operator's version as the spec shows it (`v0.1.0`).
 pub fn operator_version() -> String {

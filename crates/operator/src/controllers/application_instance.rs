@@ -23,9 +23,9 @@ use vworkspace_api::application_instance::{ApplicationInstance, ValuesSourceKind
 use vworkspace_api::labels::FIELD_MANAGER_OPERATOR;
 use vworkspace_api::thirdparty::flux::{HelmRelease, HelmRepository};
 use vworkspace_reconcile::application_instance::{self as plan, EventKey, Observed, PlannedEvent};
+use vworkspace_runtime::{Action, ErrorCategory, Event};
 
 use crate::publisher::{Announcement, Publisher};
-use crate::runtime::{Action, ErrorCategory, Event};
 
 /// Name of this controller (metric label, log field).
 pub const NAME: &str = "applicationinstance";

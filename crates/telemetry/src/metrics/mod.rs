@@ -1,7 +1,7 @@
 //! The operator's Prometheus metrics.
 //!
 //! The `controller_runtime_*` and `workqueue_*` families are not here: the operator's
-//! controller runtime (`crates/operator/src/runtime/metrics.rs`) registers them.
+//! controller runtime (`crates/runtime/src/metrics.rs`) registers them.
 //!
 //! Each component registers its own metrics into one
 //! [`prometheus_client::registry::Registry`] owned by `main`, then `main` hands the

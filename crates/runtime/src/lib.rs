@@ -2,7 +2,7 @@
 //!
 //! kube-runtime's `Controller` hides its queue, but the specification requires the
 //! controller-runtime metrics with their true meaning — above all `workqueue_depth` as the
-//! exact number of objects waiting for a reconcile. This module therefore re-implements
+//! exact number of objects waiting for a reconcile. This crate therefore re-implements
 //! the two pieces of controller-runtime that carry those metrics, on top of kube-runtime's
 //! watcher and reflector cache:
 //!
@@ -12,24 +12,19 @@
 //!   the cache, with the `controller_runtime_*` metrics, a tracing span per reconcile and
 //!   a cache-synced signal for readiness;
 //! * [`metrics`] — the metric families, registered once per registry;
-//! * [`gate`] — a hold-back point that lets tests freeze reconciles to observe the queue.
-//!
-//! The module only depends on external crates, so integration tests can compile it in
-//! (the operator is a binary crate).
+//! * `gate` (feature `test-gate`) — a hold-back point that lets tests freeze reconciles
+//!   to observe the queue.
 
 pub mod controller;
+#[cfg(any(test, feature = "test-gate"))]
 pub mod gate;
 pub mod metrics;
 pub mod workqueue;
 
-// The re-exports are the runtime's API for `main`; until it is wired they are unused.
-#[allow(unused_imports)]
 pub use controller::{
     Action, Controller, ErrorCategory, Event, ReconcileOutcome, ReconcileResult, WatchedKind,
 };
-#[allow(unused_imports)]
+#[cfg(any(test, feature = "test-gate"))]
 pub use gate::Gate;
-#[allow(unused_imports)]
 pub use metrics::{ControllerMetrics, RuntimeMetrics, WorkqueueMetrics};
-#[allow(unused_imports)]
 pub use workqueue::{RateLimiterConfig, WorkQueue};

@@ -5,11 +5,6 @@
 //! Needs the shared test cluster (`cargo xtask test`, or `cargo xtask cluster up` and
 //! plain `cargo test`).
 
-// The operator is a binary crate: compile its (self-contained) runtime module in here.
-#[allow(dead_code, unused_imports)]
-#[path = "../src/runtime/mod.rs"]
-mod runtime;
-
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -24,8 +19,10 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use vworkspace_testkit::env::TestEnv;
 
-use runtime::metrics::testing::{encode, sample};
-use runtime::{Action, Controller, ErrorCategory, Event, Gate, ReconcileResult, RuntimeMetrics};
+use vworkspace_runtime::metrics::testing::{encode, sample};
+use vworkspace_runtime::{
+    Action, Controller, ErrorCategory, Event, Gate, ReconcileResult, RuntimeMetrics,
+};
 
 const LABEL: &str = "runtime.vworkspace.io/test";
 const DEADLINE: Duration = Duration::from_secs(60);

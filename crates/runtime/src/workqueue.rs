@@ -33,7 +33,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use super::metrics::QueueMetrics;
+use crate::metrics::QueueMetrics;
 
 /// How often the "unfinished work" gauges are refreshed (client-go's period).
 pub const UNFINISHED_WORK_UPDATE_PERIOD: Duration = Duration::from_millis(500);
@@ -461,9 +461,9 @@ mod tests {
     use prometheus_client::registry::Registry;
     use tokio::time::{Instant, timeout};
 
-    use super::super::metrics::WorkqueueMetrics;
-    use super::super::metrics::testing::{encode, sample};
     use super::*;
+    use crate::metrics::WorkqueueMetrics;
+    use crate::metrics::testing::{encode, sample};
 
     const NAME: &str = "test-controller";
 

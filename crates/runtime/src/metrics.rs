@@ -291,7 +291,7 @@ pub struct ReconcileMetrics {
 }
 
 /// Both metric sets of the runtime, registered together. `main` creates one per process
-/// and hands a reference to every [`Controller`](super::controller::Controller).
+/// and hands a reference to every [`Controller`](crate::Controller).
 #[derive(Clone, Debug, Default)]
 pub struct RuntimeMetrics {
     /// `controller_runtime_*`.
@@ -310,13 +310,13 @@ impl RuntimeMetrics {
     }
 }
 
-/// Helpers for tests: read one sample out of an encoded registry.
-#[cfg(test)]
-pub(crate) mod testing {
+/// Helpers for tests (feature `test-gate`): read one sample out of an encoded registry.
+#[cfg(any(test, feature = "test-gate"))]
+pub mod testing {
     use prometheus_client::registry::Registry;
 
     /// Encode `registry` in the text format.
-    pub(crate) fn encode(registry: &Registry) -> String {
+    pub fn encode(registry: &Registry) -> String {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, registry)
             .expect("encoding into a String cannot fail");
@@ -325,7 +325,7 @@ pub(crate) mod testing {
 
     /// The value of the sample `name{labels}` whose label set contains exactly `labels`
     /// (order-insensitive), if it is exported.
-    pub(crate) fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         text.lines()
             .filter(|line| !line.starts_with('#'))
             .find_map(|line| {

@@ -52,8 +52,8 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
-use super::metrics::{QueueMetrics, ReconcileMetrics, RuntimeMetrics};
-use super::workqueue::{RateLimiterConfig, WorkQueue};
+use crate::metrics::{QueueMetrics, ReconcileMetrics, RuntimeMetrics};
+use crate::workqueue::{RateLimiterConfig, WorkQueue};
 
 /// The kinds a [`Controller`] can watch: typed, statically known Kubernetes resources.
 pub trait WatchedKind:
@@ -850,7 +850,7 @@ mod tests {
         .into_iter()
         .map(ReconcileResult::as_str)
         .collect();
-        assert_eq!(labels, super::super::metrics::RECONCILE_RESULTS);
+        assert_eq!(labels, crate::metrics::RECONCILE_RESULTS);
     }
 
     type RecordedSpans = Arc<Mutex<Vec<(String, HashMap<String, String>)>>>;
@@ -922,7 +922,7 @@ mod tests {
         use k8s_openapi::api::core::v1::ConfigMap;
         use prometheus_client::registry::Registry;
 
-        use super::super::metrics::testing::{encode, sample};
+        use crate::metrics::testing::{encode, sample};
 
         let recorder = SpanRecorder::default();
         let spans = Arc::clone(&recorder.spans);
