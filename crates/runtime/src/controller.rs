@@ -10,8 +10,9 @@
 //! * every event about an object, or about a child mapped to it, leads to at least one
 //!   reconcile that starts after the event was cached;
 //! * a deleted object is reconciled once more as [`Event::Cleanup`] (also when the
-//!   deletion was only noticed by a re-list), carrying the last state seen when there
-//!   was one; the tombstone is dropped once a cleanup reconcile succeeds;
+//!   deletion was only noticed by a re-list); it carries only the key, since no state of
+//!   a deleted object is kept in memory — a controller that needs the last state to
+//!   clean up holds the object back with a finalizer and cleans up on its `Apply`;
 //! * a panicking reconcile is an error (counted in `controller_runtime_reconcile_panics_total`
 //!   too), never a dead worker or a key stuck "processing";
 //! * shutdown stops the watches and hands out no new key; in-flight reconciles finish
@@ -30,14 +31,14 @@
 //! `RequeueAfter(Duration::ZERO)` is treated as `Requeue` (controller-runtime ignores a
 //! zero `RequeueAfter`; requeueing at once without backoff could spin).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::collections::hash_map::RandomState;
 use std::fmt::{self, Debug};
 use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::future::BoxFuture;
@@ -95,14 +96,8 @@ pub enum Event<K: WatchedKind> {
     /// The object exists; this is its cached state. Drive the world toward its spec.
     Apply(Arc<K>),
     /// The object is not in the cache: it was deleted, or the key came from a child whose
-    /// owner never existed. Clean up what finalizers do not. Returning `Ok(Done)` drops
-    /// the tombstone; anything else retries the cleanup.
-    Cleanup {
-        /// The key of the object.
-        key: ObjectRef<K>,
-        /// The last state the controller saw, if it saw one.
-        last_known: Option<Arc<K>>,
-    },
+    /// owner never existed. Clean up what finalizers do not; an error retries the cleanup.
+    Cleanup(ObjectRef<K>),
 }
 
 impl<K: WatchedKind> Event<K> {
@@ -110,15 +105,15 @@ impl<K: WatchedKind> Event<K> {
     pub fn key(&self) -> ObjectRef<K> {
         match self {
             Self::Apply(obj) => ObjectRef::from_obj(obj.as_ref()),
-            Self::Cleanup { key, .. } => key.clone(),
+            Self::Cleanup(key) => key.clone(),
         }
     }
 
-    /// The current object, or the last known one for a cleanup.
+    /// The cached object of an `Apply`; `None` for a cleanup.
     pub fn object(&self) -> Option<&Arc<K>> {
         match self {
             Self::Apply(obj) => Some(obj),
-            Self::Cleanup { last_known, .. } => last_known.as_ref(),
+            Self::Cleanup(_) => None,
         }
     }
 }
@@ -195,7 +190,6 @@ pub struct Controller<K: WatchedKind> {
     metrics: ReconcileMetrics,
     observers: Vec<Observer>,
     synced_tx: watch::Sender<bool>,
-    tombstones: Tombstones<K>,
 }
 
 impl<K: WatchedKind> Debug for Controller<K> {
@@ -232,7 +226,6 @@ impl<K: WatchedKind> Controller<K> {
             metrics: reconcile_metrics,
             observers: Vec::new(),
             synced_tx: watch::Sender::new(false),
-            tombstones: Tombstones::default(),
         }
     }
 
@@ -327,7 +320,6 @@ impl<K: WatchedKind> Controller<K> {
             metrics,
             observers,
             synced_tx,
-            tombstones,
         } = self;
         let queue = WorkQueue::new(queue_metrics, rate_limiter);
         let sync = SyncTracker::new(1 + sources.len(), synced_tx);
@@ -344,7 +336,6 @@ impl<K: WatchedKind> Controller<K> {
             watcher_config,
             writer,
             reader.clone(),
-            tombstones.clone(),
             feed.clone(),
         ));
         for source in sources {
@@ -365,7 +356,6 @@ impl<K: WatchedKind> Controller<K> {
                 name: Arc::clone(&name),
                 queue: queue.clone(),
                 store: reader,
-                tombstones,
                 reconcile,
                 ctx,
                 metrics,
@@ -449,47 +439,6 @@ impl SyncTracker {
     }
 }
 
-/// The last known state of deleted objects, until their cleanup reconcile succeeds.
-struct Tombstones<K: WatchedKind>(Arc<Mutex<HashMap<ObjectRef<K>, Arc<K>>>>);
-
-impl<K: WatchedKind> Default for Tombstones<K> {
-    fn default() -> Self {
-        Self(Arc::default())
-    }
-}
-
-impl<K: WatchedKind> Clone for Tombstones<K> {
-    fn clone(&self) -> Self {
-        Self(Arc::clone(&self.0))
-    }
-}
-
-impl<K: WatchedKind> Tombstones<K> {
-    fn lock(&self) -> MutexGuard<'_, HashMap<ObjectRef<K>, Arc<K>>> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-    fn insert(&self, key: ObjectRef<K>, obj: Arc<K>) {
-        self.lock().insert(key, obj);
-    }
-    fn remove(&self, key: &ObjectRef<K>) {
-        self.lock().remove(key);
-    }
-    fn get(&self, key: &ObjectRef<K>) -> Option<Arc<K>> {
-        self.lock().get(key).cloned()
-    }
-    /// Drop the tombstone of `key` if it is still `seen` (a newer deletion keeps its own).
-    fn remove_if_same(&self, key: &ObjectRef<K>, seen: Option<&Arc<K>>) {
-        let mut tombstones = self.lock();
-        let same = match (tombstones.get(key), seen) {
-            (Some(current), Some(seen)) => Arc::ptr_eq(current, seen),
-            (current, seen) => current.is_none() && seen.is_none(),
-        };
-        if same {
-            tombstones.remove(key);
-        }
-    }
-}
-
 /// Watch `K` into the cache and enqueue every touched key once the cache holds the
 /// event's state.
 async fn watch_primary<K: WatchedKind>(
@@ -497,14 +446,13 @@ async fn watch_primary<K: WatchedKind>(
     config: watcher::Config,
     mut writer: Writer<K>,
     reader: Store<K>,
-    tombstones: Tombstones<K>,
     feed: Feed<K>,
 ) {
     let mut events = std::pin::pin!(watcher(api, config).default_backoff());
     // During a (re-)list: the cache as it was before it, to find objects that vanished
     // while the watch was down (they get no Delete event), and the listed keys, which are
     // enqueued only when the new list is swapped into the cache at InitDone.
-    let mut before_relist: Option<HashMap<ObjectRef<K>, Arc<K>>> = None;
+    let mut before_relist: Option<HashSet<ObjectRef<K>>> = None;
     let mut listed: Vec<ObjectRef<K>> = Vec::new();
     let mut first_list = true;
     while let Some(event) = events.next().await {
@@ -516,18 +464,9 @@ async fn watch_primary<K: WatchedKind>(
             }
         };
         match &event {
-            watcher::Event::Apply(obj) => {
+            watcher::Event::Apply(obj) | watcher::Event::Delete(obj) => {
                 let key = ObjectRef::from_obj(obj);
-                // Cache first: a worker between the two steps then sees the object, never
-                // "no object and no tombstone".
-                writer.apply_watcher_event(&event);
-                tombstones.remove(&key);
-                feed.queue.add(key);
-            }
-            watcher::Event::Delete(obj) => {
-                let key = ObjectRef::from_obj(obj);
-                // Tombstone first: a worker that no longer finds the object must find it here.
-                tombstones.insert(key.clone(), Arc::new(obj.clone()));
+                // Cache first: the reconcile the key leads to must see this state.
                 writer.apply_watcher_event(&event);
                 feed.queue.add(key);
             }
@@ -535,8 +474,8 @@ async fn watch_primary<K: WatchedKind>(
                 before_relist = Some(
                     reader
                         .state()
-                        .into_iter()
-                        .map(|obj| (ObjectRef::from_obj(obj.as_ref()), obj))
+                        .iter()
+                        .map(|obj| ObjectRef::from_obj(obj.as_ref()))
                         .collect(),
                 );
                 listed.clear();
@@ -552,12 +491,11 @@ async fn watch_primary<K: WatchedKind>(
             }
             watcher::Event::InitDone => {
                 writer.apply_watcher_event(&event);
-                for (key, obj) in before_relist.take().unwrap_or_default() {
-                    tombstones.insert(key.clone(), obj);
+                // Vanished while the watch was down: they get their cleanup reconcile.
+                for key in before_relist.take().unwrap_or_default() {
                     feed.queue.add(key);
                 }
                 for key in listed.drain(..) {
-                    tombstones.remove(&key);
                     feed.queue.add(key);
                 }
                 if std::mem::take(&mut first_list) {
@@ -641,7 +579,6 @@ struct Workers<K: WatchedKind, Ctx, F> {
     name: Arc<str>,
     queue: WorkQueue<ObjectRef<K>>,
     store: Store<K>,
-    tombstones: Tombstones<K>,
     reconcile: F,
     ctx: Arc<Ctx>,
     metrics: ReconcileMetrics,
@@ -669,14 +606,7 @@ where
     async fn reconcile_key(&self, key: &ObjectRef<K>) {
         let event = match self.store.get(key) {
             Some(obj) => Event::Apply(obj),
-            None => Event::Cleanup {
-                key: key.clone(),
-                last_known: self.tombstones.get(key),
-            },
-        };
-        let cleanup = match &event {
-            Event::Apply(_) => None,
-            Event::Cleanup { last_known, .. } => Some(last_known.clone()),
+            None => Event::Cleanup(key.clone()),
         };
         let reconcile_id = new_reconcile_id();
         let namespace = key.namespace.as_deref();
@@ -746,15 +676,6 @@ where
                 ReconcileResult::Requeue => self.metrics.requeue.inc(),
                 ReconcileResult::RequeueAfter => self.metrics.requeue_after.inc(),
             };
-            // A successful cleanup is final, unless the object came back meanwhile (then
-            // its Apply already dropped the tombstone and it is reconciled again) or was
-            // deleted again (then the newer tombstone stays for the next cleanup).
-            if let Some(last_known) = &cleanup
-                && result == ReconcileResult::Success
-                && self.store.get(key).is_none()
-            {
-                self.tombstones.remove_if_same(key, last_known.as_ref());
-            }
             debug!(
                 result = result.as_str(),
                 duration_seconds = duration.as_secs_f64(),
@@ -816,6 +737,7 @@ pub fn new_reconcile_id() -> String {
 #[cfg(test)]
 mod tests {
     use std::collections::HashSet;
+    use std::sync::{Mutex, PoisonError};
 
     use super::*;
 
@@ -932,11 +854,6 @@ mod tests {
         let metrics = RuntimeMetrics::register(&mut registry);
         let mut writer: Writer<ConfigMap> = Writer::default();
         writer.apply_watcher_event(&watcher::Event::Apply(config_map("present")));
-        let tombstones = Tombstones::default();
-        tombstones.insert(
-            ObjectRef::new("gone").within("ns"),
-            Arc::new(config_map("gone")),
-        );
         let outcomes: Outcomes = Arc::default();
         let workers = Workers {
             name: Arc::from("unit"),
@@ -945,10 +862,9 @@ mod tests {
                 RateLimiterConfig::default(),
             ),
             store: writer.as_reader(),
-            tombstones: tombstones.clone(),
             reconcile: |event: Event<ConfigMap>, calls: Arc<Calls>| async move {
                 let key = event.key();
-                let cleanup = matches!(event, Event::Cleanup { .. });
+                let cleanup = matches!(event, Event::Cleanup(_));
                 calls.lock().unwrap_or_else(PoisonError::into_inner).push((
                     key.name.clone(),
                     cleanup,
@@ -988,17 +904,11 @@ mod tests {
             calls,
             [
                 ("present".to_owned(), false, true),
-                ("gone".to_owned(), true, true),
+                ("gone".to_owned(), true, false),
                 ("failing".to_owned(), true, false),
                 ("invalid".to_owned(), true, false),
                 ("panicking".to_owned(), true, false),
             ]
-        );
-        // The successful cleanup dropped the tombstone.
-        assert!(
-            tombstones
-                .get(&ObjectRef::new("gone").within("ns"))
-                .is_none()
         );
         assert_eq!(
             *outcomes.lock().unwrap_or_else(PoisonError::into_inner),
