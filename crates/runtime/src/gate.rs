@@ -32,14 +32,14 @@ impl Gate {
         }
     }
 
-    /// Wait until this caller may pass.
+    /// Wait until this caller may pass. A caller that stops waiting (its future is
+    /// dropped, e.g. a reconcile cut off by shutdown) no longer counts as waiting.
     pub async fn pass(&self) {
-        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let _waiting = Waiting::new(&self.waiting);
         // A closed semaphore is how an open gate is represented: acquiring fails at once.
         if let Ok(permit) = self.permits.acquire().await {
             permit.forget();
         }
-        self.waiting.fetch_sub(1, Ordering::SeqCst);
     }
 
     /// Let `n` more callers through.
@@ -55,6 +55,22 @@ impl Gate {
     /// How many callers are waiting in [`pass`](Self::pass) right now.
     pub fn waiting(&self) -> usize {
         self.waiting.load(Ordering::SeqCst)
+    }
+}
+
+/// Counts one waiting caller for as long as it lives.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Self(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -82,5 +98,19 @@ mod tests {
         while passers.join_next().await.is_some() {}
         assert_eq!(gate.waiting(), 0);
         gate.pass().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_caller_that_gives_up_stops_counting_as_waiting() {
+        let gate = Gate::closed();
+        let passer = tokio::spawn({
+            let gate = gate.clone();
+            async move { gate.pass().await }
+        });
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(gate.waiting(), 1);
+        passer.abort();
+        assert!(passer.await.is_err());
+        assert_eq!(gate.waiting(), 0);
     }
 }
