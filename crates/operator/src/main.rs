@@ -24,7 +24,7 @@ use tokio::sync::watch;
 use vworkspace_api::AuditSource;
 use vworkspace_api::application_instance::ApplicationInstance;
 use vworkspace_api::thirdparty::flux::HelmRelease;
-use vworkspace_runtime::{Controller, ReconcileResult, RuntimeMetrics};
+use vworkspace_runtime::{Controller, ReconcileResult, RuntimeMetrics, Shutdown};
 use vworkspace_telemetry::health::{BindAddress, Health, serve_metrics};
 use vworkspace_telemetry::logging::{self, LogOptions};
 use vworkspace_telemetry::metrics::{
@@ -266,7 +266,7 @@ async fn run(opts: Options) -> Result<ExitCode> {
     let controller_task = tokio::spawn(ai_controller.run(
         controllers::application_instance::reconcile,
         ctx,
-        shutdown(),
+        Shutdown::new(shutdown()),
     ));
 
     let mut leading = leading_rx.clone();

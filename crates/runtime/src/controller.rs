@@ -2,21 +2,38 @@
 //! feed object keys into a [`WorkQueue`]; a fixed pool of workers takes keys out and
 //! reconciles the cached object; the result decides how the key is requeued.
 //!
+//! A controller watches its primary kind `K` and any number of related kinds, each
+//! mapped to keys of `K`:
+//! * private watches ([`owns`](Controller::owns), [`watches_with`](Controller::watches_with))
+//!   keep no cache of the related objects, only the keys they mapped to;
+//! * [`SharedWatch`]es ([`owns_shared`](Controller::owns_shared),
+//!   [`watches_shared`](Controller::watches_shared)) keep one watch and one cache of a
+//!   kind for every controller that subscribes;
+//! * optional watches ([`owns_optional`](Controller::owns_optional),
+//!   [`watches_optional`](Controller::watches_optional), or an optional shared watch)
+//!   are of kinds whose CRD may be absent: while it is, the watch counts as synced, is
+//!   reported in [`status`](Controller::status), and is looked for again every
+//!   [`optional_recheck_interval`](Controller::optional_recheck_interval); when the CRD
+//!   appears the watch starts, without a restart.
+//!
 //! Invariants:
 //! * a key (namespace/name) is never reconciled by two workers at once — the queue
 //!   guarantees it, however many events arrive meanwhile;
-//! * workers start only after every watched kind has completed its initial list, so a
-//!   reconcile never mistakes "not cached yet" for "deleted";
-//! * every event about an object, or about a child mapped to it, leads to at least one
-//!   reconcile that starts after the event was cached;
+//! * workers start only after every watch has completed its initial list (or its
+//!   optional kind was found missing), so a reconcile never mistakes "not cached yet"
+//!   for "deleted";
+//! * every event about an object, or about a related object mapped to it, leads to at
+//!   least one reconcile that starts after the event was cached;
 //! * a deleted object is reconciled once more as [`Event::Cleanup`] (also when the
 //!   deletion was only noticed by a re-list); it carries only the key, since no state of
 //!   a deleted object is kept in memory — a controller that needs the last state to
 //!   clean up holds the object back with a finalizer and cleans up on its `Apply`;
 //! * a panicking reconcile is an error (counted in `controller_runtime_reconcile_panics_total`
 //!   too), never a dead worker or a key stuck "processing";
-//! * shutdown stops the watches and hands out no new key; in-flight reconciles finish
-//!   before [`Controller::run`] returns (bound it with a timeout if needed).
+//! * a failed reconcile of an existing object is handed to the
+//!   [`report_errors`](Controller::report_errors) hook, awaited before the key is done;
+//! * stopping ([`Shutdown`]) hands out no new key and stops the watches; a graceful stop
+//!   lets in-flight reconciles finish within the drain timeout, an abort cuts them off.
 //!
 //! Results map onto the queue exactly as in controller-runtime:
 //!
@@ -31,22 +48,22 @@
 //! `RequeueAfter(Duration::ZERO)` is treated as `Requeue` (controller-runtime ignores a
 //! zero `RequeueAfter`; requeueing at once without backoff could spin).
 
-use std::collections::{HashMap, HashSet};
 use std::collections::hash_map::RandomState;
 use std::fmt::{self, Debug};
 use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use futures::FutureExt;
 use futures::future::BoxFuture;
-use futures::{FutureExt, StreamExt};
 use kube::runtime::reflector::store::Writer;
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
+use prometheus_client::metrics::gauge::Gauge;
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -54,6 +71,11 @@ use tokio::time::Instant;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::metrics::{QueueMetrics, ReconcileMetrics, RuntimeMetrics};
+use crate::report::ErrorReport;
+use crate::shared::{DEFAULT_RECHECK_INTERVAL, SharedWatch, Subscriber};
+use crate::shutdown::{Shutdown, StopReason, Stopped};
+use crate::source::{self, Feed, PrimarySink, RelatedSink};
+use crate::status::{ControllerStatus, KindName, StatusCell, SyncState};
 use crate::workqueue::{RateLimiterConfig, WorkQueue};
 
 /// The kinds a [`Controller`] can watch: typed, statically known Kubernetes resources.
@@ -164,18 +186,29 @@ pub struct ReconcileOutcome<'a> {
 }
 
 type Observer = Arc<dyn Fn(&ReconcileOutcome<'_>) + Send + Sync>;
-type Source<K> = Box<dyn FnOnce(Feed<K>) -> BoxFuture<'static, ()> + Send>;
+type Reporter<K> = Arc<dyn Fn(Arc<K>, ErrorReport) -> BoxFuture<'static, ()> + Send + Sync>;
+
+/// What a related watch gets when its controller starts running.
+struct SourceCtx<K: WatchedKind> {
+    feed: Feed<K>,
+    recheck: Duration,
+}
+
+type Source<K> = Box<dyn FnOnce(SourceCtx<K>) -> BoxFuture<'static, ()> + Send>;
 
 /// A controller for kind `K`, built step by step and then [`run`](Self::run).
 ///
 /// ```ignore
 /// let metrics = RuntimeMetrics::register(&mut registry);
+/// let releases = SharedWatch::new(Api::<HelmRelease>::all(client.clone()), watcher::Config::default());
 /// let controller = Controller::new("applicationinstance", Api::<ApplicationInstance>::all(client.clone()), &metrics)
-///     .owns(Api::<HelmRelease>::all(client.clone()), watcher::Config::default())
+///     .owns_shared(&releases)
+///     .watches_optional(Api::<Backup>::all(client.clone()), watcher::Config::default(), backup_owner)
 ///     .max_concurrent_reconciles(4)
-///     .on_reconcile(|outcome| spec_metrics.observe(outcome));
-/// let synced = controller.synced(); // for /readyz
-/// controller.run(reconcile, Arc::new(ctx), shutdown_signal).await;
+///     .on_reconcile(|outcome| spec_metrics.observe(outcome))
+///     .report_errors(|instance, report| warn_event(instance, report).boxed());
+/// readiness.add(controller.status()); // for /readyz
+/// controller.run(reconcile, Arc::new(ctx), Shutdown::new(sigterm).abort_on(lost_lease)).await;
 /// ```
 pub struct Controller<K: WatchedKind> {
     name: Arc<str>,
@@ -186,10 +219,12 @@ pub struct Controller<K: WatchedKind> {
     sources: Vec<Source<K>>,
     max_concurrent_reconciles: usize,
     rate_limiter: RateLimiterConfig,
+    optional_recheck: Duration,
     queue_metrics: QueueMetrics,
     metrics: ReconcileMetrics,
     observers: Vec<Observer>,
-    synced_tx: watch::Sender<bool>,
+    reporter: Option<Reporter<K>>,
+    status: StatusCell,
 }
 
 impl<K: WatchedKind> Debug for Controller<K> {
@@ -199,7 +234,7 @@ impl<K: WatchedKind> Debug for Controller<K> {
             .field("kind", &K::kind(&()))
             .field("related_watches", &self.sources.len())
             .field("max_concurrent_reconciles", &self.max_concurrent_reconciles)
-            .field("synced", &*self.synced_tx.borrow())
+            .field("status", &self.status.status().state())
             .finish_non_exhaustive()
     }
 }
@@ -213,6 +248,8 @@ impl<K: WatchedKind> Controller<K> {
         let reader = writer.as_reader();
         let reconcile_metrics = metrics.controller.for_controller(&name);
         reconcile_metrics.max_concurrent_reconciles.set(1);
+        let status = StatusCell::new(&name);
+        status.add_watch(KindName::of::<K>(), false, false);
         Self {
             queue_metrics: metrics.workqueue.for_queue(&name),
             name: name.into(),
@@ -223,9 +260,11 @@ impl<K: WatchedKind> Controller<K> {
             sources: Vec::new(),
             max_concurrent_reconciles: 1,
             rate_limiter: RateLimiterConfig::default(),
+            optional_recheck: DEFAULT_RECHECK_INTERVAL,
             metrics: reconcile_metrics,
             observers: Vec::new(),
-            synced_tx: watch::Sender::new(false),
+            reporter: None,
+            status,
         }
     }
 
@@ -244,29 +283,111 @@ impl<K: WatchedKind> Controller<K> {
     /// Reconcile the objects `mapper` names when a `C` changes. On an update, the keys of
     /// both the previous and the new state of the `C` are reconciled, so a moved
     /// reference reaches its old target too.
-    pub fn watches_with<C, I, M>(mut self, api: Api<C>, config: watcher::Config, mapper: M) -> Self
+    pub fn watches_with<C, I, M>(self, api: Api<C>, config: watcher::Config, mapper: M) -> Self
     where
         C: WatchedKind,
         I: IntoIterator<Item = ObjectRef<K>>,
         M: Fn(&C) -> I + Send + Sync + 'static,
     {
+        self.related(api, config, mapper, false)
+    }
+
+    /// [`owns`](Self::owns) for a kind whose CRD may not be installed (see
+    /// [`watches_optional`](Self::watches_optional)).
+    pub fn owns_optional<C: WatchedKind>(self, api: Api<C>, config: watcher::Config) -> Self {
+        self.watches_optional(api, config, controller_owner::<K, C>)
+    }
+
+    /// [`watches_with`](Self::watches_with) for a kind whose CRD may not be installed:
+    /// while the API server does not serve it, the controller starts and runs without it,
+    /// reports it in [`status`](Self::status) as missing, and asks discovery again every
+    /// [`optional_recheck_interval`](Self::optional_recheck_interval); once it is served,
+    /// the watch starts and its objects are mapped and enqueued as usual.
+    pub fn watches_optional<C, I, M>(self, api: Api<C>, config: watcher::Config, mapper: M) -> Self
+    where
+        C: WatchedKind,
+        I: IntoIterator<Item = ObjectRef<K>>,
+        M: Fn(&C) -> I + Send + Sync + 'static,
+    {
+        self.related(api, config, mapper, true)
+    }
+
+    fn related<C, I, M>(
+        mut self,
+        api: Api<C>,
+        config: watcher::Config,
+        mapper: M,
+        optional: bool,
+    ) -> Self
+    where
+        C: WatchedKind,
+        I: IntoIterator<Item = ObjectRef<K>>,
+        M: Fn(&C) -> I + Send + Sync + 'static,
+    {
+        let index = self.status.add_watch(KindName::of::<C>(), optional, false);
         let mapper = move |obj: &C| -> Vec<ObjectRef<K>> { mapper(obj).into_iter().collect() };
-        self.sources.push(Box::new(move |feed| {
-            watch_related(api, config, mapper, feed).boxed()
+        self.sources.push(Box::new(move |ctx: SourceCtx<K>| {
+            let owner = Arc::clone(&ctx.feed.controller);
+            let recheck = optional.then_some(ctx.recheck);
+            let sink = RelatedSink::new(mapper, ctx.feed, index);
+            source::drive(api, config, recheck, owner, sink).boxed()
         }));
         self
     }
 
-    /// How many keys are reconciled in parallel (default 1; at least 1).
-    pub fn max_concurrent_reconciles(mut self, workers: usize) -> Self {
-        self.max_concurrent_reconciles = workers.max(1);
+    /// Reconcile the controller-owner (of kind `K`) of each object of the shared watch
+    /// when it changes; see [`owns`](Self::owns).
+    pub fn owns_shared<C: WatchedKind>(self, shared: &SharedWatch<C>) -> Self {
+        self.watches_shared(shared, controller_owner::<K, C>)
+    }
+
+    /// Reconcile the objects `mapper` names when an object of the shared watch changes
+    /// (both its previous and its new state, as in [`watches_with`](Self::watches_with)).
+    /// The shared watch runs once for every controller subscribed to it; this controller
+    /// counts it as synced once it has listed (or, if optional, while it is missing).
+    pub fn watches_shared<C, I, M>(mut self, shared: &SharedWatch<C>, mapper: M) -> Self
+    where
+        C: WatchedKind,
+        I: IntoIterator<Item = ObjectRef<K>>,
+        M: Fn(&C) -> I + Send + Sync + 'static,
+    {
+        let index = self
+            .status
+            .add_watch(shared.kind().clone(), shared.is_optional(), true);
+        let shared = shared.clone();
+        self.sources.push(Box::new(move |ctx: SourceCtx<K>| {
+            async move {
+                let _subscription = shared.subscribe(Box::new(SharedFeed {
+                    feed: ctx.feed,
+                    index,
+                    mapper,
+                }));
+                // Subscribed until the controller stops its watches (drops this future).
+                std::future::pending::<()>().await
+            }
+            .boxed()
+        }));
+        self
+    }
+
+    /// How often the controller's own optional watches look for their missing kinds
+    /// again (default 30 s). Optional [`SharedWatch`]es have their own interval.
+    pub fn optional_recheck_interval(mut self, interval: Duration) -> Self {
+        self.optional_recheck = interval;
+        self
+    }
+
+    /// How many reconciles may run at once (controller-runtime's
+    /// `MaxConcurrentReconciles`; at least 1).
+    pub fn max_concurrent_reconciles(mut self, n: usize) -> Self {
+        self.max_concurrent_reconciles = n.max(1);
         self.metrics
             .max_concurrent_reconciles
             .set(i64::try_from(self.max_concurrent_reconciles).unwrap_or(i64::MAX));
         self
     }
 
-    /// Replace controller-runtime's default requeue rate limiter.
+    /// The requeue backoff parameters.
     pub fn rate_limiter(mut self, config: RateLimiterConfig) -> Self {
         self.rate_limiter = config;
         self
@@ -281,6 +402,17 @@ impl<K: WatchedKind> Controller<K> {
         self
     }
 
+    /// After a reconcile of an existing object returned an error or panicked, await
+    /// `reporter` with the object and an [`ErrorReport`] (e.g. to set a condition or
+    /// emit a Warning Event). See [`report`](crate::report) for the guarantees.
+    pub fn report_errors(
+        mut self,
+        reporter: impl Fn(Arc<K>, ErrorReport) -> BoxFuture<'static, ()> + Send + Sync + 'static,
+    ) -> Self {
+        self.reporter = Some(Arc::new(reporter));
+        self
+    }
+
     /// The controller name.
     pub fn name(&self) -> &str {
         &self.name
@@ -291,21 +423,31 @@ impl<K: WatchedKind> Controller<K> {
         self.reader.clone()
     }
 
-    /// Becomes `true` once every watched kind has been listed (the readiness check
-    /// "caches synced"), and stays `true`.
+    /// `true` while every watch counts as synced (listed, or optional and missing); the
+    /// workers start the first time it is.
     pub fn synced(&self) -> watch::Receiver<bool> {
-        self.synced_tx.subscribe()
+        self.status.synced()
     }
 
-    /// Watch, and reconcile with `reconcile` and `ctx` until `shutdown` completes; then stop
-    /// the watches, let in-flight reconciles finish and return.
-    pub async fn run<Ctx, F, Fut, E, S>(self, reconcile: F, ctx: Arc<Ctx>, shutdown: S)
+    /// The live status of every watch of this controller (for readiness and for
+    /// reporting missing optional kinds).
+    pub fn status(&self) -> ControllerStatus {
+        self.status.status()
+    }
+
+    /// Watch, and reconcile with `reconcile` and `ctx` until `shutdown` says stop (see
+    /// [`shutdown`](crate::shutdown) for graceful and abort semantics).
+    pub async fn run<Ctx, F, Fut, E>(
+        self,
+        reconcile: F,
+        ctx: Arc<Ctx>,
+        shutdown: Shutdown,
+    ) -> Stopped
     where
         Ctx: Send + Sync + 'static,
         F: Fn(Event<K>, Arc<Ctx>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Action, E>> + Send + 'static,
         E: std::error::Error + ErrorCategory + Send + 'static,
-        S: Future,
     {
         let Self {
             name,
@@ -316,67 +458,136 @@ impl<K: WatchedKind> Controller<K> {
             sources,
             max_concurrent_reconciles,
             rate_limiter,
+            optional_recheck,
             queue_metrics,
             metrics,
             observers,
-            synced_tx,
+            reporter,
+            status,
         } = self;
         let queue = WorkQueue::new(queue_metrics, rate_limiter);
-        let sync = SyncTracker::new(1 + sources.len(), synced_tx);
         let feed = Feed {
             controller: Arc::clone(&name),
             queue: queue.clone(),
-            sync: sync.clone(),
+            status: status.clone(),
         };
 
         info!(controller = %name, kind = %K::kind(&()), "Starting EventSource");
         let mut watches = JoinSet::new();
-        watches.spawn(watch_primary(
+        watches.spawn(source::drive(
             api,
             watcher_config,
-            writer,
-            reader.clone(),
-            feed.clone(),
+            None,
+            Arc::clone(&name),
+            PrimarySink::new(writer, feed.clone(), 0),
         ));
         for source in sources {
-            watches.spawn(source(feed.clone()));
+            watches.spawn(source(SourceCtx {
+                feed: feed.clone(),
+                recheck: optional_recheck,
+            }));
         }
 
-        let mut shutdown = std::pin::pin!(shutdown);
-        let mut synced = sync.subscribe();
-        let caches_synced = tokio::select! {
-            _ = &mut shutdown => false,
-            result = synced.wait_for(|synced| *synced) => result.is_ok(),
+        let Shutdown {
+            graceful,
+            abort,
+            drain_timeout,
+        } = shutdown;
+        let mut synced = status.synced();
+        let stopped_early = tokio::select! {
+            biased;
+            () = abort.clone() => Some(Stop::Abort),
+            () = graceful.clone() => Some(Stop::Graceful),
+            result = synced.wait_for(|synced| *synced) => result.err().map(|_| Stop::Graceful),
         };
 
-        let mut workers = JoinSet::new();
-        if caches_synced {
-            info!(controller = %name, worker_count = max_concurrent_reconciles, "Starting workers");
-            let shared = Arc::new(Workers {
-                name: Arc::clone(&name),
-                queue: queue.clone(),
-                store: reader,
-                reconcile,
-                ctx,
-                metrics,
-                observers,
-            });
-            for _ in 0..max_concurrent_reconciles {
-                workers.spawn(Arc::clone(&shared).work());
+        let workers = Arc::new(Workers {
+            name: Arc::clone(&name),
+            queue: queue.clone(),
+            store: reader,
+            reconcile,
+            ctx,
+            metrics,
+            observers,
+            reporter,
+            cut_off: AtomicUsize::new(0),
+        });
+        let mut tasks = JoinSet::new();
+        let stop = match stopped_early {
+            Some(stop) => stop,
+            None => {
+                info!(controller = %name, worker_count = max_concurrent_reconciles, "Starting workers");
+                status.workers_started();
+                for _ in 0..max_concurrent_reconciles {
+                    tasks.spawn(Arc::clone(&workers).work());
+                }
+                tokio::select! {
+                    biased;
+                    () = abort.clone() => Stop::Abort,
+                    () = graceful => Stop::Graceful,
+                }
             }
-            shutdown.await;
-        }
+        };
 
-        info!(controller = %name, "Shutdown signal received, waiting for all workers to finish");
         queue.shutdown();
         watches.abort_all();
-        while let Some(joined) = workers.join_next().await {
-            if let Err(err) = joined {
-                error!(controller = %name, error = %err, "worker task failed");
+        let reason = match stop {
+            Stop::Graceful => {
+                info!(
+                    controller = %name,
+                    drain_timeout_seconds = drain_timeout.as_secs_f64(),
+                    "Shutdown signal received, waiting for all workers to finish"
+                );
+                tokio::select! {
+                    biased;
+                    () = abort => StopReason::Aborted,
+                    drained = tokio::time::timeout(drain_timeout, join_workers(&mut tasks, &name)) => {
+                        if drained.is_ok() { StopReason::Drained } else { StopReason::DrainTimedOut }
+                    }
+                }
+            }
+            Stop::Abort => StopReason::Aborted,
+        };
+        tasks.abort_all();
+        join_workers(&mut tasks, &name).await;
+        while watches.join_next().await.is_some() {}
+
+        let cut_off = workers.cut_off.load(Ordering::SeqCst);
+        match reason {
+            StopReason::Drained => info!(controller = %name, "All workers finished"),
+            StopReason::DrainTimedOut => warn!(
+                controller = %name,
+                cut_off,
+                drain_timeout_seconds = drain_timeout.as_secs_f64(),
+                "Drain timeout passed; cut off {cut_off} in-flight reconciles"
+            ),
+            StopReason::Aborted if cut_off > 0 => warn!(
+                controller = %name,
+                cut_off,
+                "Stopped at once; cut off {cut_off} in-flight reconciles"
+            ),
+            StopReason::Aborted => {
+                info!(controller = %name, "Stopped at once; no reconcile was in flight")
             }
         }
-        while watches.join_next().await.is_some() {}
-        info!(controller = %name, "All workers finished");
+        Stopped { reason, cut_off }
+    }
+}
+
+/// Which signal came first.
+enum Stop {
+    Graceful,
+    Abort,
+}
+
+/// Wait for every worker task; cancelled ones (cut off) are expected.
+async fn join_workers(tasks: &mut JoinSet<()>, name: &str) {
+    while let Some(joined) = tasks.join_next().await {
+        if let Err(err) = joined
+            && !err.is_cancelled()
+        {
+            error!(controller = %name, error = %err, "worker task failed");
+        }
     }
 }
 
@@ -391,186 +602,30 @@ fn controller_owner<K: WatchedKind, C: WatchedKind>(child: &C) -> Vec<ObjectRef<
         .collect()
 }
 
-/// What a watch needs to feed the controller.
-struct Feed<K: WatchedKind> {
-    controller: Arc<str>,
-    queue: WorkQueue<ObjectRef<K>>,
-    sync: SyncTracker,
-}
-
-impl<K: WatchedKind> Clone for Feed<K> {
-    fn clone(&self) -> Self {
-        Self {
-            controller: Arc::clone(&self.controller),
-            queue: self.queue.clone(),
-            sync: self.sync.clone(),
-        }
-    }
-}
-
-/// Counts watches that have not finished their first list yet; publishes `true` when
-/// none is left.
-#[derive(Clone)]
-struct SyncTracker {
-    pending: Arc<AtomicUsize>,
-    tx: Arc<watch::Sender<bool>>,
-}
-
-impl SyncTracker {
-    fn new(watches: usize, tx: watch::Sender<bool>) -> Self {
-        if watches == 0 {
-            tx.send_replace(true);
-        }
-        Self {
-            pending: Arc::new(AtomicUsize::new(watches)),
-            tx: Arc::new(tx),
-        }
-    }
-
-    fn subscribe(&self) -> watch::Receiver<bool> {
-        self.tx.subscribe()
-    }
-
-    /// One watch finished its first list; each watch calls this once.
-    fn listed(&self) {
-        if self.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.tx.send_replace(true);
-        }
-    }
-}
-
-/// Watch `K` into the cache and enqueue every touched key once the cache holds the
-/// event's state.
-async fn watch_primary<K: WatchedKind>(
-    api: Api<K>,
-    config: watcher::Config,
-    mut writer: Writer<K>,
-    reader: Store<K>,
+/// One controller's subscription to a [`SharedWatch`].
+struct SharedFeed<K: WatchedKind, M> {
     feed: Feed<K>,
-) {
-    let mut events = std::pin::pin!(watcher(api, config).default_backoff());
-    // During a (re-)list: the cache as it was before it, to find objects that vanished
-    // while the watch was down (they get no Delete event), and the listed keys, which are
-    // enqueued only when the new list is swapped into the cache at InitDone.
-    let mut before_relist: Option<HashSet<ObjectRef<K>>> = None;
-    let mut listed: Vec<ObjectRef<K>> = Vec::new();
-    let mut first_list = true;
-    while let Some(event) = events.next().await {
-        let event = match event {
-            Ok(event) => event,
-            Err(err) => {
-                warn!(controller = %feed.controller, kind = %K::kind(&()), error = %err, "watch failed; retrying");
-                continue;
-            }
-        };
-        match &event {
-            watcher::Event::Apply(obj) | watcher::Event::Delete(obj) => {
-                let key = ObjectRef::from_obj(obj);
-                // Cache first: the reconcile the key leads to must see this state.
-                writer.apply_watcher_event(&event);
-                feed.queue.add(key);
-            }
-            watcher::Event::Init => {
-                before_relist = Some(
-                    reader
-                        .state()
-                        .iter()
-                        .map(|obj| ObjectRef::from_obj(obj.as_ref()))
-                        .collect(),
-                );
-                listed.clear();
-                writer.apply_watcher_event(&event);
-            }
-            watcher::Event::InitApply(obj) => {
-                let key = ObjectRef::from_obj(obj);
-                if let Some(before) = before_relist.as_mut() {
-                    before.remove(&key);
-                }
-                listed.push(key);
-                writer.apply_watcher_event(&event);
-            }
-            watcher::Event::InitDone => {
-                writer.apply_watcher_event(&event);
-                // Vanished while the watch was down: they get their cleanup reconcile.
-                for key in before_relist.take().unwrap_or_default() {
-                    feed.queue.add(key);
-                }
-                for key in listed.drain(..) {
-                    feed.queue.add(key);
-                }
-                if std::mem::take(&mut first_list) {
-                    debug!(controller = %feed.controller, kind = %K::kind(&()), "cache synced");
-                    feed.sync.listed();
-                }
-            }
-        }
-    }
+    index: usize,
+    mapper: M,
 }
 
-/// Watch `C` and enqueue the keys `mapper` derives from each touched `C` (from its old and
-/// its new state).
-async fn watch_related<K, C, M>(api: Api<C>, config: watcher::Config, mapper: M, feed: Feed<K>)
+impl<K, C, I, M> Subscriber<C> for SharedFeed<K, M>
 where
     K: WatchedKind,
     C: WatchedKind,
-    M: Fn(&C) -> Vec<ObjectRef<K>> + Send + Sync + 'static,
+    I: IntoIterator<Item = ObjectRef<K>>,
+    M: Fn(&C) -> I + Send + Sync + 'static,
 {
-    let mut events = std::pin::pin!(watcher(api, config).default_backoff());
-    // The keys each known child mapped to when last seen: the "old object" side of an
-    // update, without caching whole children.
-    let mut mapped: HashMap<ObjectRef<C>, Vec<ObjectRef<K>>> = HashMap::new();
-    let mut before_relist: Option<HashMap<ObjectRef<C>, Vec<ObjectRef<K>>>> = None;
-    let mut pending: Vec<ObjectRef<K>> = Vec::new();
-    let mut first_list = true;
-    while let Some(event) = events.next().await {
-        let event = match event {
-            Ok(event) => event,
-            Err(err) => {
-                warn!(controller = %feed.controller, kind = %C::kind(&()), error = %err, "watch failed; retrying");
-                continue;
-            }
-        };
-        match event {
-            watcher::Event::Apply(child) => {
-                let keys = mapper(&child);
-                let old = mapped.insert(ObjectRef::from_obj(&child), keys.clone());
-                for key in keys.into_iter().chain(old.into_iter().flatten()) {
-                    feed.queue.add(key);
-                }
-            }
-            watcher::Event::Delete(child) => {
-                let old = mapped.remove(&ObjectRef::from_obj(&child));
-                for key in mapper(&child).into_iter().chain(old.into_iter().flatten()) {
-                    feed.queue.add(key);
-                }
-            }
-            watcher::Event::Init => {
-                before_relist = Some(std::mem::take(&mut mapped));
-                pending.clear();
-            }
-            watcher::Event::InitApply(child) => {
-                let child_key = ObjectRef::from_obj(&child);
-                let keys = mapper(&child);
-                if let Some(old) = before_relist.as_mut().and_then(|b| b.remove(&child_key)) {
-                    pending.extend(old);
-                }
-                pending.extend(keys.iter().cloned());
-                mapped.insert(child_key, keys);
-            }
-            watcher::Event::InitDone => {
-                // Children that vanished during the re-list still reach their old owners.
-                for (_, old) in before_relist.take().unwrap_or_default() {
-                    pending.extend(old);
-                }
-                for key in pending.drain(..) {
-                    feed.queue.add(key);
-                }
-                if std::mem::take(&mut first_list) {
-                    debug!(controller = %feed.controller, kind = %C::kind(&()), "cache synced");
-                    feed.sync.listed();
-                }
+    fn touched(&mut self, states: [Option<&C>; 2]) {
+        for obj in states.into_iter().flatten() {
+            for key in (self.mapper)(obj) {
+                self.feed.queue.add(key);
             }
         }
+    }
+
+    fn state(&mut self, state: SyncState) {
+        self.feed.status.set(self.index, state);
     }
 }
 
@@ -583,6 +638,29 @@ struct Workers<K: WatchedKind, Ctx, F> {
     ctx: Arc<Ctx>,
     metrics: ReconcileMetrics,
     observers: Vec<Observer>,
+    reporter: Option<Reporter<K>>,
+    /// Reconciles whose future was dropped before it finished (shutdown cut them off).
+    cut_off: AtomicUsize,
+}
+
+/// A key being worked on: marks it done and the worker idle however the work ends, and
+/// counts it as cut off if it did not end by itself.
+struct InFlight<'a, K: WatchedKind> {
+    queue: &'a WorkQueue<ObjectRef<K>>,
+    key: &'a ObjectRef<K>,
+    active_workers: &'a Gauge,
+    cut_off: &'a AtomicUsize,
+    finished: bool,
+}
+
+impl<K: WatchedKind> Drop for InFlight<'_, K> {
+    fn drop(&mut self) {
+        self.queue.done(self.key);
+        self.active_workers.dec();
+        if !self.finished {
+            self.cut_off.fetch_add(1, Ordering::SeqCst);
+        }
+    }
 }
 
 impl<K, Ctx, F, Fut, E> Workers<K, Ctx, F>
@@ -597,9 +675,15 @@ where
     async fn work(self: Arc<Self>) {
         while let Some(key) = self.queue.get().await {
             self.metrics.active_workers.inc();
+            let mut in_flight = InFlight {
+                queue: &self.queue,
+                key: &key,
+                active_workers: &self.metrics.active_workers,
+                cut_off: &self.cut_off,
+                finished: false,
+            };
             self.reconcile_key(&key).await;
-            self.queue.done(&key);
-            self.metrics.active_workers.dec();
+            in_flight.finished = true;
         }
     }
 
@@ -608,6 +692,7 @@ where
             Some(obj) => Event::Apply(obj),
             None => Event::Cleanup(key.clone()),
         };
+        let applied = event.object().cloned();
         let reconcile_id = new_reconcile_id();
         let namespace = key.namespace.as_deref();
         let span = info_span!(
@@ -624,19 +709,19 @@ where
             let outcome = AssertUnwindSafe(reconcile).catch_unwind().await;
             let duration = started.elapsed();
 
-            let (result, error_category) = match outcome {
+            let (result, error_category, report) = match outcome {
                 Ok(Ok(Action::Done)) => {
                     self.queue.forget(key);
-                    (ReconcileResult::Success, None)
+                    (ReconcileResult::Success, None, None)
                 }
                 Ok(Ok(Action::RequeueAfter(after))) if !after.is_zero() => {
                     self.queue.forget(key);
                     self.queue.add_after(key.clone(), after);
-                    (ReconcileResult::RequeueAfter, None)
+                    (ReconcileResult::RequeueAfter, None, None)
                 }
                 Ok(Ok(Action::Requeue | Action::RequeueAfter(_))) => {
                     self.queue.add_rate_limited(key.clone());
-                    (ReconcileResult::Requeue, None)
+                    (ReconcileResult::Requeue, None, None)
                 }
                 Ok(Err(err)) => {
                     let category = err.category();
@@ -651,7 +736,8 @@ where
                         // and keeps error for what will not fix itself.
                         warn!(error = %err, category, "Reconciler error; retrying");
                     }
-                    (ReconcileResult::Error, Some(category))
+                    let report = self.reporter.is_some().then(|| ErrorReport::of(&err));
+                    (ReconcileResult::Error, Some(category), report)
                 }
                 Err(panic) => {
                     self.queue.add_rate_limited(key.clone());
@@ -662,7 +748,8 @@ where
                         .or_else(|| panic.downcast_ref::<String>().cloned())
                         .unwrap_or_else(|| "non-string panic payload".to_owned());
                     error!(panic = %message, "Observed a panic in reconciler");
-                    (ReconcileResult::Error, Some("panic"))
+                    let report = Some(ErrorReport::panic(&message));
+                    (ReconcileResult::Error, Some("panic"), report)
                 }
             };
 
@@ -697,6 +784,17 @@ where
                 let observed = std::panic::catch_unwind(AssertUnwindSafe(|| observer(&outcome)));
                 if observed.is_err() {
                     error!("Observed a panic in an on_reconcile observer");
+                }
+            }
+
+            if let (Some(reporter), Some(obj), Some(report)) = (&self.reporter, applied, report) {
+                let reported = std::panic::catch_unwind(AssertUnwindSafe(|| reporter(obj, report)));
+                let reported = match reported {
+                    Ok(future) => AssertUnwindSafe(future).catch_unwind().await,
+                    Err(panic) => Err(panic),
+                };
+                if reported.is_err() {
+                    error!("Observed a panic in the error reporter");
                 }
             }
         }
@@ -736,7 +834,7 @@ pub fn new_reconcile_id() -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashSet;
+    use std::collections::{HashMap, HashSet};
     use std::sync::{Mutex, PoisonError};
 
     use super::*;
@@ -888,6 +986,8 @@ mod tests {
                         .push((o.result, o.error_category));
                 })
             }],
+            reporter: None,
+            cut_off: AtomicUsize::new(0),
         };
         for name in ["present", "gone", "failing", "invalid", "panicking"] {
             workers

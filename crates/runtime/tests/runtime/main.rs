@@ -1,9 +1,16 @@
 //! The controller runtime against the real local Kubernetes: ConfigMaps are the watched
-//! kind (no CRDs needed), Secrets the owned children. Metrics are read the way Prometheus
-//! reads them: by encoding the registry. Every wait polls with a deadline.
+//! kind (no CRDs needed), Secrets the owned children; CRDs only where a test is about a
+//! kind that comes and goes. Metrics are read the way Prometheus reads them: by encoding
+//! the registry. Every wait polls with a deadline.
+//!
+//! * this file — one controller: queue depth, workers, retries, requeues, children,
+//!   cleanup, graceful shutdown;
+//! * [`lifecycle`] — drain bound, abort, error reports, readiness of several controllers.
 //!
 //! Needs the shared test cluster (`cargo xtask test`, or `cargo xtask cluster up` and
 //! plain `cargo test`).
+
+mod lifecycle;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -21,7 +28,8 @@ use vworkspace_testkit::env::TestEnv;
 
 use vworkspace_runtime::metrics::testing::{encode, sample};
 use vworkspace_runtime::{
-    Action, Controller, ErrorCategory, Event, Gate, ReconcileResult, RuntimeMetrics,
+    Action, Controller, ErrorCategory, Event, Gate, ReconcileResult, RuntimeMetrics, Shutdown,
+    StopReason, Stopped,
 };
 
 const LABEL: &str = "runtime.vworkspace.io/test";
@@ -32,17 +40,44 @@ const DEADLINE: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone, Copy)]
 enum Step {
     Fail,
+    /// Fail with an error that has a source chain.
+    FailApply,
+    /// Fail with a terminal error.
+    FailInvalid,
+    Panic,
     Requeue,
     RequeueAfter(Duration),
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("scripted failure")]
-struct ScriptedError;
+enum ScriptedError {
+    #[error("scripted failure")]
+    Flaky,
+    #[error("applying child web")]
+    Apply(#[source] ApiFailure),
+    #[error("the spec is invalid")]
+    Invalid,
+}
+
+/// Prints its source itself, as many error types do; the report names it once.
+#[derive(Debug, thiserror::Error)]
+#[error("server rejected the patch: {0}")]
+struct ApiFailure(#[source] QuotaExceeded);
+
+#[derive(Debug, thiserror::Error)]
+#[error("quota exceeded")]
+struct QuotaExceeded;
 
 impl ErrorCategory for ScriptedError {
     fn category(&self) -> &'static str {
-        "Scripted"
+        match self {
+            Self::Flaky => "Scripted",
+            Self::Apply(_) => "ApplyFailed",
+            Self::Invalid => "Invalid",
+        }
+    }
+    fn is_terminal(&self) -> bool {
+        matches!(self, Self::Invalid)
     }
 }
 
@@ -71,6 +106,12 @@ impl Ctx {
     fn reconciles_of(&self, name: &str) -> usize {
         self.seen().iter().filter(|s| s.name == name).count()
     }
+    fn script(&self, name: &str, steps: impl IntoIterator<Item = Step>) {
+        self.script
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(name.to_owned(), steps.into_iter().collect());
+    }
 }
 
 async fn reconcile(event: Event<ConfigMap>, ctx: Arc<Ctx>) -> Result<Action, ScriptedError> {
@@ -94,10 +135,47 @@ async fn reconcile(event: Event<ConfigMap>, ctx: Arc<Ctx>) -> Result<Action, Scr
         .and_then(VecDeque::pop_front);
     match step {
         None => Ok(Action::Done),
-        Some(Step::Fail) => Err(ScriptedError),
+        Some(Step::Fail) => Err(ScriptedError::Flaky),
+        Some(Step::FailApply) => Err(ScriptedError::Apply(ApiFailure(QuotaExceeded))),
+        Some(Step::FailInvalid) => Err(ScriptedError::Invalid),
+        Some(Step::Panic) => panic!("scripted panic"),
         Some(Step::Requeue) => Ok(Action::Requeue),
         Some(Step::RequeueAfter(after)) => Ok(Action::RequeueAfter(after)),
     }
+}
+
+/// Poll `check` every 20ms until it yields a value; panic with `what` and `context()`
+/// after [`DEADLINE`].
+async fn eventually<T>(
+    what: &str,
+    mut check: impl FnMut() -> Option<T>,
+    context: impl Fn() -> String,
+) -> T {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; {}",
+            context()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A labelled ConfigMap named `name` (the harness controllers watch only labelled ones).
+fn labelled_configmap(name: &str) -> Result<ConfigMap> {
+    Ok(serde_json::from_value(serde_json::json!({
+        "metadata": { "name": name, "labels": { LABEL: "yes" } },
+        "data": { "k": "v" }
+    }))?)
+}
+
+/// The watch config of every test controller: only the labelled objects.
+fn labelled() -> watcher::Config {
+    watcher::Config::default().labels(&format!("{LABEL}=yes"))
 }
 
 /// One running controller over the labelled ConfigMaps of a fresh namespace.
@@ -109,13 +187,24 @@ struct Harness {
     registry: Registry,
     ctx: Arc<Ctx>,
     stop: Option<oneshot::Sender<()>>,
-    running: Option<JoinHandle<()>>,
+    abort: Option<oneshot::Sender<()>>,
+    running: Option<JoinHandle<Stopped>>,
 }
 
 impl Harness {
     async fn start(
         name: &'static str,
         ctx: Ctx,
+        build: impl FnOnce(Controller<ConfigMap>, &Harness) -> Controller<ConfigMap>,
+    ) -> Result<Self> {
+        Self::start_with(name, ctx, DEADLINE, build).await
+    }
+
+    /// [`start`](Self::start) with the drain timeout of a graceful stop.
+    async fn start_with(
+        name: &'static str,
+        ctx: Ctx,
+        drain_timeout: Duration,
         build: impl FnOnce(Controller<ConfigMap>, &Harness) -> Controller<ConfigMap>,
     ) -> Result<Self> {
         let env = TestEnv::shared().await?;
@@ -132,10 +221,11 @@ impl Harness {
             registry,
             ctx: Arc::new(ctx),
             stop: None,
+            abort: None,
             running: None,
         };
         let controller = Controller::new(name, configmaps, &metrics)
-            .watcher_config(watcher::Config::default().labels(&format!("{LABEL}=yes")))
+            .watcher_config(labelled())
             .on_reconcile({
                 let ctx = Arc::clone(&harness.ctx);
                 move |outcome| {
@@ -152,14 +242,24 @@ impl Harness {
         let controller = build(controller, &harness);
         let mut synced = controller.synced();
         let (stop, stopped) = oneshot::channel::<()>();
+        let (abort, aborted) = oneshot::channel::<()>();
+        let shutdown = Shutdown::new(async move {
+            let _ = stopped.await;
+        })
+        .abort_on(async move {
+            // Only a sent signal aborts; a dropped sender (a graceful test) does not.
+            if aborted.await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        })
+        .drain_timeout(drain_timeout);
         harness.running = Some(tokio::spawn(controller.run(
             reconcile,
             Arc::clone(&harness.ctx),
-            async move {
-                let _ = stopped.await;
-            },
+            shutdown,
         )));
         harness.stop = Some(stop);
+        harness.abort = Some(abort);
         tokio::time::timeout(DEADLINE, synced.wait_for(|s| *s))
             .await
             .context("caches did not sync")??;
@@ -192,39 +292,60 @@ impl Harness {
 
     /// Poll `check` until it yields a value; fail with the metrics after `DEADLINE`.
     async fn eventually<T>(&self, what: &str, mut check: impl FnMut(&Self) -> Option<T>) -> T {
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            if let Some(value) = check(self) {
-                return value;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what} in {}; metrics:\n{}\nseen: {:?}",
-                self.namespace,
-                self.metrics(),
-                self.ctx.seen()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        eventually(
+            what,
+            || check(self),
+            || {
+                format!(
+                    "namespace {}; metrics:\n{}\nseen: {:?}",
+                    self.namespace,
+                    self.metrics(),
+                    self.ctx.seen()
+                )
+            },
+        )
+        .await
     }
 
     async fn create_configmap(&self, name: &str) -> Result<ConfigMap> {
-        let cm: ConfigMap = serde_json::from_value(serde_json::json!({
-            "metadata": { "name": name, "labels": { LABEL: "yes" } },
-            "data": { "k": "v" }
-        }))?;
-        Ok(self.configmaps.create(&PostParams::default(), &cm).await?)
+        Ok(self
+            .configmaps
+            .create(&PostParams::default(), &labelled_configmap(name)?)
+            .await?)
     }
 
-    async fn stop(mut self) -> Result<()> {
+    /// Send the graceful stop signal (the controller keeps running until it drained).
+    fn signal_stop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        if let Some(running) = self.running.take() {
-            tokio::time::timeout(DEADLINE, running)
-                .await
-                .context("controller did not stop")??;
+    }
+
+    /// Send the abort signal.
+    fn signal_abort(&mut self) {
+        if let Some(abort) = self.abort.take() {
+            let _ = abort.send(());
         }
+    }
+
+    /// Wait (with the deadline) for the controller's run to return.
+    async fn stopped(&mut self) -> Result<Stopped> {
+        let running = self.running.take().context("not running")?;
+        Ok(tokio::time::timeout(DEADLINE, running)
+            .await
+            .context("controller did not stop")??)
+    }
+
+    async fn stop(mut self) -> Result<()> {
+        self.signal_stop();
+        let stopped = self.stopped().await?;
+        assert_eq!(
+            stopped,
+            Stopped {
+                reason: StopReason::Drained,
+                cut_off: 0
+            }
+        );
         Ok(())
     }
 }
@@ -532,11 +653,18 @@ async fn shutdown_lets_the_in_flight_reconcile_finish() -> Result<()> {
         "run returned while a reconcile was in flight"
     );
     gate.open();
-    tokio::time::timeout(DEADLINE, running)
+    let stopped = tokio::time::timeout(DEADLINE, running)
         .await
         .context("controller did not stop")??;
     // The in-flight reconcile completed; the queued one was never started.
     assert_eq!(h.reconciles("success"), Some(1.0));
     assert_eq!(h.ctx.seen().len(), 1);
+    assert_eq!(
+        stopped,
+        Stopped {
+            reason: StopReason::Drained,
+            cut_off: 0
+        }
+    );
     Ok(())
 }

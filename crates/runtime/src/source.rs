@@ -1,0 +1,314 @@
+//! Running one watch and turning its events into queue keys.
+//!
+//! [`drive`] runs kube-runtime's watcher for one kind and hands every event to a
+//! [`WatchSink`]: the primary cache of a controller, the key mapper of a related kind,
+//! or the hub of a [`SharedWatch`](crate::SharedWatch). For an optional kind it first
+//! asks discovery whether the kind is served and, while it is not, reports
+//! [`SyncState::Missing`] and asks again every recheck interval.
+//!
+//! Invariants:
+//! * a sink sees `Synced` only after the `InitDone` of a complete list was handed to it;
+//! * when an optional kind stops being served (its CRD was deleted), the sink is handed
+//!   an empty re-list (`Init`, `InitDone`) — every object it knew vanished — before the
+//!   watch goes back to waiting for the kind;
+//! * keys are enqueued only once the cache (if any) holds the state they were derived
+//!   from, so the reconcile they lead to sees it.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use kube::runtime::reflector::store::Writer;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client};
+use tracing::{debug, info, warn};
+
+use crate::controller::WatchedKind;
+use crate::status::{KindName, StatusCell, SyncState};
+use crate::workqueue::WorkQueue;
+
+/// What a watch needs to feed a controller.
+pub(crate) struct Feed<K: WatchedKind> {
+    pub(crate) controller: Arc<str>,
+    pub(crate) queue: WorkQueue<ObjectRef<K>>,
+    pub(crate) status: StatusCell,
+}
+
+impl<K: WatchedKind> Clone for Feed<K> {
+    fn clone(&self) -> Self {
+        Self {
+            controller: Arc::clone(&self.controller),
+            queue: self.queue.clone(),
+            status: self.status.clone(),
+        }
+    }
+}
+
+/// The receiving end of [`drive`].
+pub(crate) trait WatchSink<C>: Send {
+    /// One watcher event, in order.
+    fn event(&mut self, event: watcher::Event<C>);
+    /// The watch's state changed (or was confirmed).
+    fn state(&mut self, state: SyncState);
+}
+
+/// Whether the API server serves `kind` (discovery of its group/version).
+pub(crate) async fn is_served(client: &Client, kind: &KindName) -> Result<bool, kube::Error> {
+    let resources = if kind.group.is_empty() {
+        client.list_core_api_resources(&kind.version).await
+    } else {
+        client.list_api_group_resources(&kind.api_version()).await
+    };
+    match resources {
+        Ok(list) => Ok(list.resources.iter().any(|r| r.name == kind.plural)),
+        // An unknown group/version answers a plain-text 404, which kube turns into a
+        // Status with only the code set (so `is_not_found()` does not see it).
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(false),
+        Err(err) => Err(err),
+    }
+}
+
+/// Watch `C` forever, feeding `sink`. With `recheck`, the kind is optional: wait for it
+/// to be served (checking every `recheck`), and go back to waiting if it goes away.
+pub(crate) async fn drive<C, S>(
+    api: Api<C>,
+    config: watcher::Config,
+    recheck: Option<Duration>,
+    owner: Arc<str>,
+    mut sink: S,
+) where
+    C: WatchedKind,
+    S: WatchSink<C>,
+{
+    let kind = KindName::of::<C>();
+    let client = api.clone().into_client();
+    let mut logged_sync = false;
+    loop {
+        if let Some(interval) = recheck {
+            wait_until_served(&client, &kind, interval, &owner, &mut sink).await;
+        }
+        let mut events = std::pin::pin!(watcher(api.clone(), config.clone()).default_backoff());
+        loop {
+            let Some(event) = events.next().await else {
+                return;
+            };
+            match event {
+                Ok(event) => {
+                    let listed = matches!(event, watcher::Event::InitDone);
+                    sink.event(event);
+                    if listed {
+                        if !std::mem::replace(&mut logged_sync, true) {
+                            debug!(controller = %owner, kind = %kind, "cache synced");
+                        }
+                        sink.state(SyncState::Synced);
+                    }
+                }
+                Err(err) => {
+                    warn!(controller = %owner, kind = %kind, error = %err, "watch failed; retrying");
+                    if recheck.is_some() && matches!(is_served(&client, &kind).await, Ok(false)) {
+                        info!(controller = %owner, kind = %kind, "optional kind is no longer served; forgetting its objects");
+                        sink.event(watcher::Event::Init);
+                        sink.event(watcher::Event::InitDone);
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Return once `kind` is served; report `Missing` while it is not, `Pending` when it
+/// appears after having been missing.
+async fn wait_until_served<C, S: WatchSink<C>>(
+    client: &Client,
+    kind: &KindName,
+    interval: Duration,
+    owner: &str,
+    sink: &mut S,
+) {
+    let mut missing = false;
+    loop {
+        match is_served(client, kind).await {
+            Ok(true) => break,
+            Ok(false) => {
+                if !std::mem::replace(&mut missing, true) {
+                    info!(
+                        controller = %owner,
+                        kind = %kind,
+                        crd = %kind.crd_name(),
+                        recheck_seconds = interval.as_secs_f64(),
+                        "optional kind is not installed; starting without it"
+                    );
+                    sink.state(SyncState::Missing);
+                }
+            }
+            Err(err) => {
+                warn!(controller = %owner, kind = %kind, error = %err, "cannot tell whether an optional kind is served; asking again");
+            }
+        }
+        tokio::time::sleep(interval).await;
+    }
+    if missing {
+        info!(controller = %owner, kind = %kind, "optional kind is installed now; starting its watch");
+        sink.state(SyncState::Pending);
+    }
+}
+
+/// The primary kind of a controller: the cache its reconciles read, and one key per
+/// touched object.
+pub(crate) struct PrimarySink<K: WatchedKind> {
+    writer: Writer<K>,
+    reader: Store<K>,
+    feed: Feed<K>,
+    index: usize,
+    /// During a (re-)list: the keys cached before it, to find objects that vanished while
+    /// the watch was down (they get no Delete event).
+    before_relist: Option<HashSet<ObjectRef<K>>>,
+    /// The listed keys, enqueued only when the new list is swapped into the cache.
+    listed: Vec<ObjectRef<K>>,
+}
+
+impl<K: WatchedKind> PrimarySink<K> {
+    pub(crate) fn new(writer: Writer<K>, feed: Feed<K>, index: usize) -> Self {
+        Self {
+            reader: writer.as_reader(),
+            writer,
+            feed,
+            index,
+            before_relist: None,
+            listed: Vec::new(),
+        }
+    }
+}
+
+impl<K: WatchedKind> WatchSink<K> for PrimarySink<K> {
+    fn event(&mut self, event: watcher::Event<K>) {
+        match &event {
+            watcher::Event::Apply(obj) | watcher::Event::Delete(obj) => {
+                let key = ObjectRef::from_obj(obj);
+                // Cache first: the reconcile the key leads to must see this state.
+                self.writer.apply_watcher_event(&event);
+                self.feed.queue.add(key);
+            }
+            watcher::Event::Init => {
+                self.before_relist = Some(
+                    self.reader
+                        .state()
+                        .iter()
+                        .map(|obj| ObjectRef::from_obj(obj.as_ref()))
+                        .collect(),
+                );
+                self.listed.clear();
+                self.writer.apply_watcher_event(&event);
+            }
+            watcher::Event::InitApply(obj) => {
+                let key = ObjectRef::from_obj(obj);
+                if let Some(before) = self.before_relist.as_mut() {
+                    before.remove(&key);
+                }
+                self.listed.push(key);
+                self.writer.apply_watcher_event(&event);
+            }
+            watcher::Event::InitDone => {
+                self.writer.apply_watcher_event(&event);
+                // Vanished while the watch was down: they get their cleanup reconcile.
+                for key in self.before_relist.take().unwrap_or_default() {
+                    self.feed.queue.add(key);
+                }
+                for key in self.listed.drain(..) {
+                    self.feed.queue.add(key);
+                }
+            }
+        }
+    }
+
+    fn state(&mut self, state: SyncState) {
+        self.feed.status.set(self.index, state);
+    }
+}
+
+/// A related kind watched by one controller alone: no cache of the related objects, only
+/// the keys each one mapped to when last seen (the "old object" side of an update).
+pub(crate) struct RelatedSink<K: WatchedKind, C: WatchedKind, M> {
+    mapper: M,
+    feed: Feed<K>,
+    index: usize,
+    mapped: HashMap<ObjectRef<C>, Vec<ObjectRef<K>>>,
+    before_relist: Option<HashMap<ObjectRef<C>, Vec<ObjectRef<K>>>>,
+    pending: Vec<ObjectRef<K>>,
+}
+
+impl<K: WatchedKind, C: WatchedKind, M> RelatedSink<K, C, M> {
+    pub(crate) fn new(mapper: M, feed: Feed<K>, index: usize) -> Self {
+        Self {
+            mapper,
+            feed,
+            index,
+            mapped: HashMap::new(),
+            before_relist: None,
+            pending: Vec::new(),
+        }
+    }
+}
+
+impl<K, C, M> WatchSink<C> for RelatedSink<K, C, M>
+where
+    K: WatchedKind,
+    C: WatchedKind,
+    M: Fn(&C) -> Vec<ObjectRef<K>> + Send,
+{
+    fn event(&mut self, event: watcher::Event<C>) {
+        match event {
+            watcher::Event::Apply(child) => {
+                let keys = (self.mapper)(&child);
+                let old = self
+                    .mapped
+                    .insert(ObjectRef::from_obj(&child), keys.clone());
+                for key in keys.into_iter().chain(old.into_iter().flatten()) {
+                    self.feed.queue.add(key);
+                }
+            }
+            watcher::Event::Delete(child) => {
+                let old = self.mapped.remove(&ObjectRef::from_obj(&child));
+                for key in (self.mapper)(&child)
+                    .into_iter()
+                    .chain(old.into_iter().flatten())
+                {
+                    self.feed.queue.add(key);
+                }
+            }
+            watcher::Event::Init => {
+                self.before_relist = Some(std::mem::take(&mut self.mapped));
+                self.pending.clear();
+            }
+            watcher::Event::InitApply(child) => {
+                let child_key = ObjectRef::from_obj(&child);
+                let keys = (self.mapper)(&child);
+                if let Some(old) = self
+                    .before_relist
+                    .as_mut()
+                    .and_then(|b| b.remove(&child_key))
+                {
+                    self.pending.extend(old);
+                }
+                self.pending.extend(keys.iter().cloned());
+                self.mapped.insert(child_key, keys);
+            }
+            watcher::Event::InitDone => {
+                // Children that vanished during the re-list still reach their old owners.
+                for (_, old) in self.before_relist.take().unwrap_or_default() {
+                    self.pending.extend(old);
+                }
+                for key in self.pending.drain(..) {
+                    self.feed.queue.add(key);
+                }
+            }
+        }
+    }
+
+    fn state(&mut self, state: SyncState) {
+        self.feed.status.set(self.index, state);
+    }
+}
