@@ -5,12 +5,14 @@
 //!
 //! * this file — one controller: queue depth, workers, retries, requeues, children,
 //!   cleanup, graceful shutdown;
-//! * [`lifecycle`] — drain bound, abort, error reports, readiness of several controllers.
+//! * [`lifecycle`] — drain bound, abort, error reports, readiness of several controllers;
+//! * [`shared`] — two controllers on one shared watch.
 //!
 //! Needs the shared test cluster (`cargo xtask test`, or `cargo xtask cluster up` and
 //! plain `cargo test`).
 
 mod lifecycle;
+mod shared;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
