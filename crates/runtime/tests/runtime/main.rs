@@ -6,12 +6,14 @@
 //! * this file — one controller: queue depth, workers, retries, requeues, children,
 //!   cleanup, graceful shutdown;
 //! * [`lifecycle`] — drain bound, abort, error reports, readiness of several controllers;
-//! * [`shared`] — two controllers on one shared watch.
+//! * [`shared`] — two controllers on one shared watch;
+//! * [`optional`] — optional watches whose CRD is installed after the start.
 //!
 //! Needs the shared test cluster (`cargo xtask test`, or `cargo xtask cluster up` and
 //! plain `cargo test`).
 
 mod lifecycle;
+mod optional;
 mod shared;
 
 use std::collections::{HashMap, VecDeque};
