@@ -5,8 +5,9 @@
 //! * `rbac` — the operator's own permissions, verified with SelfSubjectAccessReview;
 //! * `flux` — Flux's HelmRelease and HelmRepository kinds exist (the controller writes
 //!   them; without them its watch cannot start);
-//! * `informers` — the leader's caches are synced (a standby replica is ready: it is
-//!   healthy and waiting, and scraping must keep working for it).
+//! * `informers` — every cache of every controller of the leader is synced, or says
+//!   which one is not (a standby replica is ready: it is healthy and waiting, and
+//!   scraping must keep working for it).
 //!
 //! Each check runs when probed, with the telemetry crate's timeout, and returns a
 //! reason a person can act on.
@@ -20,13 +21,14 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::Client;
 use kube::api::{Api, PostParams};
 use tokio::sync::watch;
+use vworkspace_runtime::Readiness;
 use vworkspace_telemetry::health::Health;
 
 /// Register the operator's readiness checks.
 pub fn register(
     health: &Health,
     client: Client,
-    synced: watch::Receiver<bool>,
+    readiness: Readiness,
     leading: watch::Receiver<bool>,
 ) {
     let expected = Arc::new(vworkspace_api::crds::operator_crds());
@@ -47,15 +49,11 @@ pub fn register(
         async move { check_rbac(client).await }
     });
     health.add_readiness_check("informers", move || {
-        let synced = *synced.borrow();
-        let leading = *leading.borrow();
-        async move {
-            match (leading, synced) {
-                (false, _) => Ok(()),
-                (true, true) => Ok(()),
-                (true, false) => Err("the applicationinstance cache has not synced yet".to_owned()),
-            }
-        }
+        // e.g. "applicationinstance: cache of helm.toolkit.fluxcd.io/v2 HelmRelease not synced"
+        let unsynced = (*leading.borrow())
+            .then(|| readiness.unsynced_message())
+            .flatten();
+        async move { unsynced.map_or(Ok(()), Err) }
     });
 }
 

@@ -24,7 +24,9 @@ use tokio::sync::watch;
 use vworkspace_api::AuditSource;
 use vworkspace_api::application_instance::ApplicationInstance;
 use vworkspace_api::thirdparty::flux::HelmRelease;
-use vworkspace_runtime::{Controller, ReconcileResult, RuntimeMetrics, Shutdown};
+use vworkspace_runtime::{
+    Controller, Readiness, ReconcileResult, RuntimeMetrics, SharedWatch, Shutdown,
+};
 use vworkspace_telemetry::health::{BindAddress, Health, serve_metrics};
 use vworkspace_telemetry::logging::{self, LogOptions};
 use vworkspace_telemetry::metrics::{
@@ -164,12 +166,14 @@ async fn run(opts: Options) -> Result<ExitCode> {
         ),
         None => (Api::all(client.clone()), Api::all(client.clone())),
     };
+    // One watch and cache of HelmReleases for every controller that looks at them.
+    let releases = SharedWatch::new(releases, watcher::Config::default());
     let ai_controller = Controller::new(
         controllers::application_instance::NAME,
         instances,
         &runtime_metrics,
     )
-    .owns(releases, watcher::Config::default())
+    .owns_shared(&releases)
     .max_concurrent_reconciles(opts.max_concurrent_reconciles)
     .on_reconcile({
         let metrics = operator_metrics.clone();
@@ -187,6 +191,9 @@ async fn run(opts: Options) -> Result<ExitCode> {
         }
     });
 
+    let readiness = Readiness::new();
+    readiness.add(ai_controller.status());
+
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let shutdown = move || {
         let mut rx = shutdown_rx.clone();
@@ -194,17 +201,20 @@ async fn run(opts: Options) -> Result<ExitCode> {
             let _ = rx.wait_for(|stop| *stop).await;
         }
     };
+    // Leadership lost: the controllers stop at once, cutting in-flight reconciles off.
+    let (abort_tx, mut abort_rx) = watch::channel(false);
+    let abort = async move {
+        if abort_rx.wait_for(|abort| *abort).await.is_err() {
+            // The sender is gone only when `run` returns: never an abort.
+            std::future::pending::<()>().await;
+        }
+    };
 
     let (leading_tx, leading_rx) = watch::channel(!opts.leader_elect);
     leader_metrics.set_leader(!opts.leader_elect);
 
     let health = Health::new();
-    checks::register(
-        &health,
-        client.clone(),
-        ai_controller.synced(),
-        leading_rx.clone(),
-    );
+    checks::register(&health, client.clone(), readiness, leading_rx.clone());
 
     let registry = Arc::new(registry);
     let metrics_server = tokio::spawn(serve_metrics(metrics_addr, registry, shutdown()));
@@ -266,7 +276,7 @@ async fn run(opts: Options) -> Result<ExitCode> {
     let controller_task = tokio::spawn(ai_controller.run(
         controllers::application_instance::reconcile,
         ctx,
-        Shutdown::new(shutdown()),
+        Shutdown::new(shutdown()).abort_on(abort),
     ));
 
     let mut leading = leading_rx.clone();
@@ -274,6 +284,7 @@ async fn run(opts: Options) -> Result<ExitCode> {
         _ = terminate_signal() => tracing::info!("shutting down"),
         _ = leading.wait_for(|l| !*l) => {
             tracing::error!("leadership lost; exiting so that only the leader reconciles");
+            abort_tx.send_replace(true);
             leader_metrics.set_leader(false);
             lost_leadership = true;
         }
