@@ -34,7 +34,7 @@ use vworkspace_telemetry::metrics::{
 };
 
 use crate::cli::{Command, Options};
-use crate::publisher::{AuditSink, FileAuditSink, MemoryAuditSink, Publisher, Tee};
+use crate::publisher::{AuditSink, DiscardAuditSink, FileAuditSink, Publisher, Tee};
 use crate::runtime::{Controller, ReconcileResult, RuntimeMetrics};
 
 /// The operator's version as the spec shows it (`v0.1.0`).
@@ -212,12 +212,16 @@ async fn run(opts: Options) -> Result<ExitCode> {
     let metrics_server = tokio::spawn(serve_metrics(metrics_addr, registry, shutdown()));
     let probe_server = tokio::spawn(health.serve(probe_addr, shutdown()));
 
-    let mut sinks: Vec<Arc<dyn AuditSink>> = vec![Arc::new(MemoryAuditSink::new(10_000))];
+    let mut sinks: Vec<Arc<dyn AuditSink>> = Vec::new();
     if let Some(path) = &opts.audit_log_file {
         sinks.push(Arc::new(
             FileAuditSink::open(path).with_context(|| format!("opening {}", path.display()))?,
         ));
     }
+    if sinks.is_empty() {
+        sinks.push(Arc::new(DiscardAuditSink));
+    }
+    let audit: Arc<dyn AuditSink> = Arc::new(Tee(sinks));
     let publisher = Publisher::new(
         client.clone(),
         AuditSource {
@@ -226,7 +230,7 @@ async fn run(opts: Options) -> Result<ExitCode> {
             operator_version: operator_version(),
         },
         opts.identity.clone(),
-        Arc::new(Tee(sinks)),
+        Arc::clone(&audit),
     );
 
     let elector = opts.leader_elect.then(|| {
@@ -282,6 +286,12 @@ async fn run(opts: Options) -> Result<ExitCode> {
     }
     shutdown_tx.send_replace(true);
     let _ = controller_task.await;
+    if lost_leadership {
+        // Another replica takes over at once; hand over what was published, quickly.
+        audit.flush().await;
+    } else {
+        audit.close().await;
+    }
     if let Some(elector) = elector
         && !lost_leadership
     {
