@@ -397,6 +397,25 @@ async fn lifecycle_events_metrics_logs_and_secrets() -> Result<()> {
         );
     }
 
+    // The ids of the transitions still recorded in status, recomputed from the status
+    // alone (what the control-plane link's replay does), are the ids published live.
+    let recorded = api.get("app").await?;
+    let transitions = &recorded.status.as_ref().context("status")?.transitions;
+    ensure!(
+        transitions.len() >= 3,
+        "status records the announced kinds: {transitions:?}"
+    );
+    for record in transitions {
+        let id = record.event_id("cluster-e2e", &uid);
+        let live = audit
+            .iter()
+            .find(|e| e["event_id"] == id.as_str())
+            .with_context(|| {
+                format!("recorded {record:?} has id {id}, which was never published")
+            })?;
+        ensure!(live["kind"] == record.kind.as_str() && live["reason"] == record.reason.as_str());
+    }
+
     // The canary never left the Secret.
     let all_logs = std::fs::read_to_string(&op.log)?;
     let all_audit = std::fs::read_to_string(&op.audit_log)?;

@@ -138,19 +138,28 @@ pub async fn reconcile(
 }
 
 /// `err` and its sources, each once, joined with ": " (never a secret: messages name
-/// objects and API statuses only).
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
+/// objects and API statuses only). An API error reads as the server's message with its
+/// reason and code, not as kube's debug dump of the whole status object.
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(cause) = next {
+        let text = match cause.downcast_ref::<kube::Error>() {
+            Some(kube::Error::Api(status)) => {
+                format!("{} ({} {})", status.message, status.code, status.reason)
+            }
+            _ => cause.to_string(),
+        };
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
         }
-        source = cause.source();
+        next = match cause.downcast_ref::<kube::Error>() {
+            // The status is the whole story; its own sources repeat it.
+            Some(kube::Error::Api(_)) => None,
+            _ => cause.source(),
+        };
     }
-    out
+    parts.join(": ")
 }
 
 async fn reconcile_instance(cached: &ApplicationInstance, ctx: &Context) -> Result<Action, Error> {
