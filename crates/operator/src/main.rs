@@ -29,7 +29,8 @@ use vworkspace_api::thirdparty::flux::HelmRelease;
 use vworkspace_telemetry::health::{BindAddress, Health, serve_metrics};
 use vworkspace_telemetry::logging::{self, LogOptions};
 use vworkspace_telemetry::metrics::{
-    Controller as ControllerLabel, LeaderElectionMetrics, OperatorMetrics, ProcessCollector,
+    AgentMetrics, ClusterMetrics, Controller as ControllerLabel, LeaderElectionMetrics,
+    OperationMetrics, ParseLabelError, ProcessCollector, ReconcileMetrics,
     ReconcileResult as SpecResult, RestClientMetrics,
 };
 
@@ -137,7 +138,15 @@ async fn run(opts: Options) -> Result<ExitCode> {
         .map_err(|e| anyhow::anyhow!("--health-probe-bind-address: {e}"))?;
 
     let mut registry = Registry::default();
-    let operator_metrics = OperatorMetrics::register(&mut registry);
+    let reconcile_metrics = ReconcileMetrics::register(&mut registry);
+    let operation_kinds = vworkspace_reconcile::catalog::builtin()
+        .kinds()
+        .map(|(ty, engine)| Ok((ty.as_str().parse()?, engine.as_str().parse()?)))
+        .collect::<Result<Vec<_>, ParseLabelError>>()
+        .context("the operation catalog names a type or engine the metrics do not know")?;
+    let _operation_metrics = OperationMetrics::register(&mut registry, operation_kinds);
+    let _agent_metrics = AgentMetrics::register(&mut registry);
+    let _cluster_metrics = ClusterMetrics::register(&mut registry);
     let runtime_metrics = RuntimeMetrics::register(&mut registry);
     let leader_metrics = LeaderElectionMetrics::register(&mut registry, &opts.leader_election_id);
     let rest = RestClientMetrics::register(&mut registry);
@@ -174,7 +183,7 @@ async fn run(opts: Options) -> Result<ExitCode> {
     .owns(releases, watcher::Config::default())
     .max_concurrent_reconciles(opts.max_concurrent_reconciles)
     .on_reconcile({
-        let metrics = operator_metrics.clone();
+        let metrics = reconcile_metrics.clone();
         move |outcome| {
             let result = match outcome.result {
                 ReconcileResult::Success => SpecResult::Success,

@@ -4,5 +4,6 @@
 //! is table-tested without a cluster.
 
 pub mod application_instance;
+pub mod catalog;
 pub mod names;
 pub mod transitions;
