@@ -26,7 +26,7 @@ use tokio::sync::watch;
 use vworkspace_api::AuditSource;
 use vworkspace_api::application_instance::ApplicationInstance;
 use vworkspace_api::thirdparty::flux::HelmRelease;
-use vworkspace_telemetry::health::{BindAddress, Health, serve_metrics};
+use vworkspace_telemetry::health::{Health, serve_metrics};
 use vworkspace_telemetry::logging::{self, LogOptions};
 use vworkspace_telemetry::metrics::{
     AgentMetrics, ClusterMetrics, Controller as ControllerLabel, LeaderElectionMetrics,
@@ -74,11 +74,6 @@ fn main() -> ExitCode {
             }
         },
         Command::Run(opts) => {
-            // Reject bad flag values before logging exists, so the message is not lost.
-            if let Err(err) = validate(&opts) {
-                eprintln!("vworkspace-operator: {err}\n\n{}", cli::USAGE);
-                return ExitCode::from(2);
-            }
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(rt) => rt,
                 Err(err) => {
@@ -97,45 +92,17 @@ fn main() -> ExitCode {
     }
 }
 
-fn validate(opts: &Options) -> Result<(), String> {
-    opts.zap_log_level
-        .parse::<logging::LogLevel>()
-        .map_err(|e| format!("--zap-log-level: {e}"))?;
-    opts.zap_encoder
-        .parse::<logging::LogEncoder>()
-        .map_err(|e| format!("--zap-encoder: {e}"))?;
-    opts.metrics_bind_address
-        .parse::<BindAddress>()
-        .map_err(|e| format!("--metrics-bind-address: {e}"))?;
-    opts.health_probe_bind_address
-        .parse::<BindAddress>()
-        .map_err(|e| format!("--health-probe-bind-address: {e}"))?;
-    Ok(())
-}
-
 async fn run(opts: Options) -> Result<ExitCode> {
     logging::init(LogOptions {
-        level: opts
-            .zap_log_level
-            .parse()
-            .map_err(|e| anyhow::anyhow!("--zap-log-level: {e}"))?,
-        encoder: opts
-            .zap_encoder
-            .parse()
-            .map_err(|e| anyhow::anyhow!("--zap-encoder: {e}"))?,
+        level: opts.zap_log_level,
+        encoder: opts.zap_encoder,
         cluster_id: opts.cluster_id.clone(),
         org_id: opts.org_id.clone(),
         operator_version: operator_version(),
         filter: None,
     })?;
-    let metrics_addr: BindAddress = opts
-        .metrics_bind_address
-        .parse()
-        .map_err(|e| anyhow::anyhow!("--metrics-bind-address: {e}"))?;
-    let probe_addr: BindAddress = opts
-        .health_probe_bind_address
-        .parse()
-        .map_err(|e| anyhow::anyhow!("--health-probe-bind-address: {e}"))?;
+    let metrics_addr = opts.metrics_bind_address.clone();
+    let probe_addr = opts.health_probe_bind_address.clone();
 
     let mut registry = Registry::default();
     let reconcile_metrics = ReconcileMetrics::register(&mut registry);
@@ -181,7 +148,7 @@ async fn run(opts: Options) -> Result<ExitCode> {
         &runtime_metrics,
     )
     .owns(releases, watcher::Config::default())
-    .max_concurrent_reconciles(opts.max_concurrent_reconciles)
+    .max_concurrent_reconciles(opts.max_concurrent_reconciles.get())
     .on_reconcile({
         let metrics = reconcile_metrics.clone();
         move |outcome| {
