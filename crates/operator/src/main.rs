@@ -69,7 +69,7 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(err) => {
-                eprintln!("vworkspace-operator crds: {err}");
+                eprintln!("vworkspace-operator crds: {:#}", anyhow::Error::from(err));
                 ExitCode::FAILURE
             }
         },
