@@ -26,6 +26,7 @@ use vworkspace_api::application_instance::ApplicationInstance;
 use vworkspace_testkit::binaries::{self, K8sBinaries};
 use vworkspace_testkit::cluster::{self, Lifetime, LocalCluster};
 use vworkspace_testkit::fixtures::{self, OperatorProcess};
+use vworkspace_testkit::prom::Exposition;
 use vworkspace_testkit::sim::flux::FluxSimulator;
 
 /// The controller whose numbers are reported (its `controller` metric label).
@@ -502,31 +503,17 @@ async fn measure(
     operator.terminate();
     drop(simulator);
 
-    let samples = parse_metrics(&metrics);
-    let buckets: Vec<(f64, f64)> = samples
-        .iter()
-        .filter(|s| {
-            s.name == "vworkspace_operator_reconcile_duration_seconds_bucket"
-                && s.label("controller") == Some(CONTROLLER)
-        })
-        .filter_map(|s| Some((parse_le(s.label("le")?)?, s.value)))
-        .collect();
-    let sum_by = |name: &str, keys: &[&str], controller: bool| {
-        let mut out = BTreeMap::new();
-        for s in samples.iter().filter(|s| s.name == name) {
-            if controller && s.label("controller") != Some(CONTROLLER) {
-                continue;
-            }
-            let key = keys
-                .iter()
-                .map(|k| s.label(k).unwrap_or("?"))
-                .collect::<Vec<_>>()
-                .join(" ");
-            *out.entry(key).or_insert(0.0) += s.value;
-        }
-        out
-    };
-    let reconciles_by_result = sum_by("vworkspace_operator_reconcile_total", &["result"], true);
+    let metrics = Exposition::parse(&metrics).context("parsing the operator's /metrics")?;
+    let controller = [("controller", CONTROLLER)];
+    let histogram = metrics.histogram(
+        "vworkspace_operator_reconcile_duration_seconds",
+        &controller,
+    );
+    let reconciles_by_result = metrics.sum_by(
+        "vworkspace_operator_reconcile_total",
+        &controller,
+        &["result"],
+    );
     if reconciles_by_result.is_empty() {
         bail!(
             "the operator's /metrics has no vworkspace_operator_reconcile_total for {CONTROLLER}"
@@ -540,11 +527,15 @@ async fn measure(
         all_ready: progress.all_ready,
         ready: progress.ready,
         window,
-        p50: histogram_quantile(0.5, &buckets),
-        p99: histogram_quantile(0.99, &buckets),
+        p50: histogram.as_ref().and_then(|h| h.quantile(0.5)),
+        p99: histogram.as_ref().and_then(|h| h.quantile(0.99)),
         reconciles_by_result,
-        runtime_by_result: sum_by("controller_runtime_reconcile_total", &["result"], true),
-        rest_by_method_code: sum_by("rest_client_requests_total", &["method", "code"], false),
+        runtime_by_result: metrics.sum_by(
+            "controller_runtime_reconcile_total",
+            &controller,
+            &["result"],
+        ),
+        rest_by_method_code: metrics.sum_by("rest_client_requests_total", &[], &["method", "code"]),
         peak_rss,
         cpu: cpu_after
             .into_iter()
@@ -831,114 +822,6 @@ fn scan_log(path: &Path) -> (Vec<String>, Vec<String>) {
     (errors, warnings)
 }
 
-/// One sample of the Prometheus text format.
-#[derive(Debug, Clone, PartialEq)]
-struct Sample {
-    name: String,
-    labels: Vec<(String, String)>,
-    value: f64,
-}
-
-impl Sample {
-    fn label(&self, key: &str) -> Option<&str> {
-        self.labels
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// Every sample line of a Prometheus/OpenMetrics text exposition (comments skipped,
-/// malformed lines ignored).
-fn parse_metrics(text: &str) -> Vec<Sample> {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .filter_map(parse_sample)
-        .collect()
-}
-
-fn parse_sample(line: &str) -> Option<Sample> {
-    let name_end = line.find(['{', ' '])?;
-    let name = line[..name_end].to_owned();
-    let mut labels = Vec::new();
-    let mut rest = &line[name_end..];
-    if let Some(inner) = rest.strip_prefix('{') {
-        let mut chars = inner.char_indices();
-        let mut key = String::new();
-        let end = loop {
-            let (i, c) = chars.next()?;
-            match c {
-                '}' => break i,
-                ',' | ' ' => {}
-                '=' => {
-                    if chars.next()?.1 != '"' {
-                        return None;
-                    }
-                    let mut value = String::new();
-                    loop {
-                        match chars.next()?.1 {
-                            '"' => break,
-                            '\\' => match chars.next()?.1 {
-                                'n' => value.push('\n'),
-                                other => value.push(other),
-                            },
-                            other => value.push(other),
-                        }
-                    }
-                    labels.push((std::mem::take(&mut key), value));
-                }
-                other => key.push(other),
-            }
-        };
-        rest = &inner[end + 1..];
-    }
-    // `value [timestamp]`.
-    let value = rest.split_whitespace().next()?.parse().ok()?;
-    Some(Sample {
-        name,
-        labels,
-        value,
-    })
-}
-
-fn parse_le(le: &str) -> Option<f64> {
-    match le {
-        "+Inf" | "Inf" => Some(f64::INFINITY),
-        other => other.parse().ok(),
-    }
-}
-
-/// PromQL's `histogram_quantile` over cumulative `(le, count)` buckets: find the bucket
-/// holding rank `q × total` and interpolate linearly within it. A rank in the `+Inf`
-/// bucket yields the largest finite bound. `None` without observations.
-fn histogram_quantile(q: f64, buckets: &[(f64, f64)]) -> Option<f64> {
-    let mut buckets = buckets.to_vec();
-    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let (last_le, total) = *buckets.last()?;
-    if last_le != f64::INFINITY || buckets.len() < 2 || total <= 0.0 {
-        return None;
-    }
-    let rank = q.clamp(0.0, 1.0) * total;
-    let b = buckets.iter().position(|(_, count)| *count >= rank)?;
-    if b == buckets.len() - 1 {
-        return Some(buckets[b - 1].0);
-    }
-    let (upper, count) = buckets[b];
-    let (lower, below) = if b == 0 {
-        if upper <= 0.0 {
-            return Some(upper);
-        }
-        (0.0, 0.0)
-    } else {
-        buckets[b - 1]
-    };
-    let in_bucket = count - below;
-    if in_bucket <= 0.0 {
-        return Some(upper);
-    }
-    Some(lower + (upper - lower) * (rank - below) / in_bucket)
-}
-
 fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .ok()
@@ -1035,50 +918,6 @@ fn update_doc(path: &Path, section: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn quantiles_interpolate_like_promql() {
-        let buckets = [
-            (0.005, 0.0),
-            (0.01, 10.0),
-            (0.025, 90.0),
-            (0.05, 100.0),
-            (f64::INFINITY, 100.0),
-        ];
-        // Rank 50 lies in (0.01, 0.025], 40 of its 80 observations in.
-        let p50 = histogram_quantile(0.5, &buckets).expect("observations");
-        assert!((p50 - 0.0175).abs() < 1e-9, "{p50}");
-        // Rank 99 lies in (0.025, 0.05], 9 of its 10 observations in.
-        let p99 = histogram_quantile(0.99, &buckets).expect("observations");
-        assert!((p99 - 0.0475).abs() < 1e-9, "{p99}");
-        // Everything above the last finite bound reports that bound.
-        let over = [(0.1, 0.0), (f64::INFINITY, 5.0)];
-        assert_eq!(histogram_quantile(0.5, &over), Some(0.1));
-        // The first bucket starts at 0.
-        let first = [(0.1, 4.0), (f64::INFINITY, 4.0)];
-        assert_eq!(histogram_quantile(0.5, &first), Some(0.05));
-        assert_eq!(histogram_quantile(0.5, &[(f64::INFINITY, 0.0)]), None);
-        assert_eq!(histogram_quantile(0.5, &[]), None);
-    }
-
-    #[test]
-    fn parses_exposition_lines() {
-        let text = "# HELP x y\n\
-            vworkspace_operator_reconcile_duration_seconds_bucket{controller=\"applicationinstance\",le=\"+Inf\"} 7\n\
-            rest_client_requests_total{code=\"200\",host=\"127.0.0.1:6443\",method=\"GET\"} 12\n\
-            odd{msg=\"a \\\"quoted\\\", comma\"} 1.5 1700000000\n\
-            process_open_fds 9\n\
-            # EOF\n";
-        let samples = parse_metrics(text);
-        assert_eq!(samples.len(), 4);
-        assert_eq!(samples[0].label("le"), Some("+Inf"));
-        assert_eq!(samples[0].value, 7.0);
-        assert_eq!(samples[1].label("method"), Some("GET"));
-        assert_eq!(samples[2].label("msg"), Some("a \"quoted\", comma"));
-        assert_eq!(samples[2].value, 1.5);
-        assert_eq!(samples[3].name, "process_open_fds");
-        assert!(samples[3].labels.is_empty());
-    }
 
     #[test]
     fn flags() {

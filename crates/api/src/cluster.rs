@@ -315,6 +315,12 @@ pub struct ClusterStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "crate::schema::conditions")]
     pub conditions: Vec<Condition>,
+
+    /// The latest announced transition of each Event reason: the inputs of its `event_id`
+    /// (docs/conditions.md, "One rule from status change to Event").
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub transitions: Vec<crate::transition::TransitionRecord>,
     /// Summary of the audit-event stream.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit_stream: Option<AuditStreamStatus>,

@@ -9,9 +9,9 @@
 //!   convention) and reports a transition when `status` or `reason` changes, so the event
 //!   publisher emits exactly one Kubernetes Event and one audit event per real transition and
 //!   nothing on a mere message refresh.
-//! * [`event_for`] is the single mapping from a condition transition to the Event reason (the
-//!   spec's Event table); the audit event's `kind` is that same Event reason and its `reason`
-//!   is the condition's reason, so the two surfaces can never diverge.
+//! * Which transition is announced with which Event reason is decided in exactly one place,
+//!   `vworkspace_reconcile::transitions`; the audit event's `kind` is that same Event reason
+//!   and its `reason` is the condition's reason, so the two surfaces can never diverge.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -58,7 +58,7 @@ impl std::fmt::Display for ConditionStatus {
 /// Operation is a terminal outcome and every terminal outcome must leave a record).
 ///
 /// The audit event's `kind` is always one of these (or, for the few transitions the spec's
-/// table does not name, the condition's own reason; see [`event_for`]).
+/// table does not name, the condition's own reason or an [`errors`] category).
 pub mod events {
     /// ApplicationInstance: the reconciler begins a generation.
     pub const RECONCILE_STARTED: &str = "ReconcileStarted";
@@ -419,6 +419,44 @@ pub mod operation {
     }
 }
 
+/// Error categories: the stable `category()` of every reconcile error. A category is the
+/// `reason` of the condition that reports the error (`Reconciling=True` while it is retried,
+/// `Failed=True` when retrying cannot help), the reason of its Warning Event and audit
+/// `kind`, and the `error` field of the log line. docs/conditions.md lists what each means
+/// and what to do about it.
+pub mod errors {
+    /// The API server refused a child apply for lack of permission (403).
+    pub const APPLY_FORBIDDEN: &str = "ApplyForbidden";
+    /// The API server rejected a child as invalid (400/422); not retried.
+    pub const APPLY_REJECTED: &str = "ApplyRejected";
+    /// A child apply failed otherwise (server error, timeout, connection); retried.
+    pub const APPLY_FAILED: &str = "ApplyFailed";
+    /// Reading a values source (its metadata) failed; retried.
+    pub const LOOKUP_FAILED: &str = "LookupFailed";
+    /// Writing the object's status failed; retried.
+    pub const STATUS_WRITE_FAILED: &str = "StatusWriteFailed";
+    /// Reading the object itself failed; retried.
+    pub const READ_FAILED: &str = "ReadFailed";
+    /// The reconcile panicked (a bug); retried.
+    pub const PANIC: &str = "Panic";
+
+    /// Every category.
+    pub const ALL: &[&str] = &[
+        APPLY_FORBIDDEN,
+        APPLY_REJECTED,
+        APPLY_FAILED,
+        LOOKUP_FAILED,
+        STATUS_WRITE_FAILED,
+        READ_FAILED,
+        PANIC,
+    ];
+
+    /// True when `reason` is an error category.
+    pub fn is_category(reason: &str) -> bool {
+        ALL.contains(&reason)
+    }
+}
+
 /// What [`set_condition`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transition {
@@ -537,19 +575,18 @@ fn truncate_to_seconds(t: &Time) -> Time {
     Timestamp::from_second(t.0.as_second()).map_or_else(|_| t.clone(), Time)
 }
 
-/// The custom resources whose conditions the publisher announces.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ResourceKind {
-    /// `Cluster` (Events in `vworkspace-system`).
-    Cluster,
-    /// `ApplicationInstance`.
-    ApplicationInstance,
-    /// `Operation`.
-    Operation,
-}
-
 /// Kubernetes Event type.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+)]
 pub enum EventType {
     /// Expected progress.
     Normal,
@@ -564,102 +601,6 @@ impl EventType {
             Self::Normal => "Normal",
             Self::Warning => "Warning",
         }
-    }
-}
-
-/// The Event (and audit event `kind`) that announces a condition transition.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct EventSpec<'a> {
-    /// Event reason = audit `kind`.
-    pub reason: &'a str,
-    /// Normal or Warning.
-    pub type_: EventType,
-}
-
-/// Which Event announces that `condition` transitioned on a resource of `kind`; `None` for
-/// the transitions that are deliberately silent because another condition's transition
-/// announces the same fact (e.g. `Disconnected` mirrors `Connected`; `Reconciling=False` is
-/// announced by `Ready`/`Failed`; `Ready=False` is announced by `Failed=True` when both hold).
-///
-/// `condition` is the new state of a condition for which [`set_condition`] returned a
-/// [`Transition::is_transition`]; `conditions` is the object's full list *after* every
-/// condition of this status update was set. The audit event's `kind` is `EventSpec::reason`
-/// and its `reason` is `condition.reason`. Transitions the spec's Event table does not name
-/// use the condition's reason as the Event reason (e.g. `CredentialRejected`), so every
-/// transition that is not a mirror is still visible.
-pub fn event_for<'a>(
-    kind: ResourceKind,
-    condition: &'a Condition,
-    conditions: &[Condition],
-) -> Option<EventSpec<'a>> {
-    use ConditionStatus::{False, True, Unknown};
-    use EventType::{Normal, Warning};
-    let status = ConditionStatus::parse(&condition.status)?;
-    let t = condition.type_.as_str();
-    let own = |type_| {
-        Some(EventSpec {
-            reason: condition.reason.as_str(),
-            type_,
-        })
-    };
-    let named = |reason: &'static str, type_| Some(EventSpec { reason, type_ });
-    match kind {
-        ResourceKind::Cluster => match (t, status) {
-            (cluster::CONNECTED, True) => named(events::CONNECTIVITY_CONNECTED, Normal),
-            (cluster::CONNECTED, False) => named(events::CONNECTIVITY_LOST, Warning),
-            // Flapping inside the grace period is logged, not announced (spec: ConnectivityLost
-            // only after the grace period).
-            (cluster::CONNECTED, Unknown) => None,
-            (cluster::DISCONNECTED, _) => None,
-            (cluster::EVENT_BUFFER_OVERFLOW, True) => {
-                named(events::CLUSTER_EVENT_BUFFER_OVERFLOW, Warning)
-            }
-            (cluster::EVENT_BUFFER_OVERFLOW, _) => own(Normal),
-            // Authenticated, ControllersHealthy, CRDsRegistered: the spec's table names no
-            // Event, so the condition's reason is the Event reason.
-            (_, False) => own(Warning),
-            (_, True | Unknown) => own(Normal),
-        },
-        ResourceKind::ApplicationInstance => match (t, status) {
-            (application_instance::RECONCILING, True) => named(events::RECONCILE_STARTED, Normal),
-            (application_instance::READY, True) => named(events::RECONCILE_SUCCEEDED, Normal),
-            (application_instance::FAILED, True) => named(events::RECONCILE_FAILED, Warning),
-            // Suspension ends reconciliation without an outcome; announce it on its own.
-            (application_instance::RECONCILING, False)
-                if condition.reason == application_instance::reasons::SUSPENDED =>
-            {
-                own(Normal)
-            }
-            // Not ready without a failure (e.g. the chart repository is unreachable and Flux
-            // retries): the app became unhealthy and nothing else says so.
-            (application_instance::READY, False)
-                if !is_true(conditions, application_instance::FAILED) =>
-            {
-                own(Warning)
-            }
-            // The other halves of the transitions above.
-            (
-                application_instance::RECONCILING
-                | application_instance::READY
-                | application_instance::FAILED,
-                _,
-            ) => None,
-            (_, False) => own(Warning),
-            (_, True | Unknown) => own(Normal),
-        },
-        ResourceKind::Operation => match (t, status) {
-            (operation::ACCEPTED, True) => named(events::OPERATION_ACCEPTED, Normal),
-            (operation::ACCEPTED, False) => named(events::OPERATION_BLOCKED, Warning),
-            (operation::RUNNING, True) => named(events::OPERATION_RUNNING, Normal),
-            (operation::SUCCEEDED, True) => named(events::OPERATION_SUCCEEDED, Normal),
-            (operation::SUCCEEDED, False) if condition.reason == operation::reasons::CANCELLED => {
-                named(events::OPERATION_CANCELLED, Normal)
-            }
-            (operation::SUCCEEDED, False) => named(events::OPERATION_FAILED, Warning),
-            (operation::ACCEPTED | operation::RUNNING | operation::SUCCEEDED, _) => None,
-            (_, False) => own(Warning),
-            (_, True | Unknown) => own(Normal),
-        },
     }
 }
 
@@ -798,262 +739,6 @@ mod tests {
         assert_eq!(conditions[0].last_transition_time, at(1_000));
     }
 
-    #[test]
-    fn event_for_table() {
-        use ConditionStatus::{False, True, Unknown};
-        use EventType::{Normal, Warning};
-        use ResourceKind::{ApplicationInstance as Ai, Cluster, Operation as Op};
-        // (resource, condition type, status, reason, expected Event reason and type)
-        type Case = (
-            ResourceKind,
-            &'static str,
-            ConditionStatus,
-            &'static str,
-            Option<(&'static str, EventType)>,
-        );
-        let cases: &[Case] = &[
-            (
-                Cluster,
-                cluster::CONNECTED,
-                True,
-                cluster::reasons::CONTROL_PLANE_REACHABLE,
-                Some(("ConnectivityConnected", Normal)),
-            ),
-            (
-                Cluster,
-                cluster::CONNECTED,
-                False,
-                cluster::reasons::CONTROL_PLANE_UNREACHABLE,
-                Some(("ConnectivityLost", Warning)),
-            ),
-            (
-                Cluster,
-                cluster::CONNECTED,
-                Unknown,
-                cluster::reasons::RECONNECTING,
-                None,
-            ),
-            (
-                Cluster,
-                cluster::DISCONNECTED,
-                True,
-                cluster::reasons::GRACE_PERIOD_EXCEEDED,
-                None,
-            ),
-            (
-                Cluster,
-                cluster::EVENT_BUFFER_OVERFLOW,
-                True,
-                cluster::reasons::BUFFER_OVERFLOWED,
-                Some(("ClusterEventBufferOverflow", Warning)),
-            ),
-            (
-                Cluster,
-                cluster::EVENT_BUFFER_OVERFLOW,
-                False,
-                cluster::reasons::BUFFER_WITHIN_CAPACITY,
-                Some(("BufferWithinCapacity", Normal)),
-            ),
-            (
-                Cluster,
-                cluster::AUTHENTICATED,
-                False,
-                cluster::reasons::CREDENTIAL_REJECTED,
-                Some(("CredentialRejected", Warning)),
-            ),
-            (
-                Cluster,
-                cluster::AUTHENTICATED,
-                True,
-                cluster::reasons::CREDENTIAL_VALID,
-                Some(("CredentialValid", Normal)),
-            ),
-            (
-                Cluster,
-                cluster::CRDS_REGISTERED,
-                False,
-                cluster::reasons::SCHEMA_MISMATCH,
-                Some(("SchemaMismatch", Warning)),
-            ),
-            (
-                Ai,
-                application_instance::RECONCILING,
-                True,
-                application_instance::reasons::RECONCILING,
-                Some(("ReconcileStarted", Normal)),
-            ),
-            (
-                Ai,
-                application_instance::READY,
-                True,
-                application_instance::reasons::HELM_RELEASE_READY,
-                Some(("ReconcileSucceeded", Normal)),
-            ),
-            (
-                Ai,
-                application_instance::FAILED,
-                True,
-                application_instance::reasons::UPGRADE_FAILED,
-                Some(("ReconcileFailed", Warning)),
-            ),
-            (
-                Ai,
-                application_instance::READY,
-                False,
-                application_instance::reasons::HELM_REPOSITORY_NOT_READY,
-                Some(("HelmRepositoryNotReady", Warning)),
-            ),
-            (
-                Ai,
-                application_instance::READY,
-                Unknown,
-                application_instance::reasons::HELM_RELEASE_PROGRESSING,
-                None,
-            ),
-            (
-                Ai,
-                application_instance::FAILED,
-                False,
-                application_instance::reasons::RECONCILE_SUCCEEDED,
-                None,
-            ),
-            (
-                Ai,
-                application_instance::RECONCILING,
-                False,
-                application_instance::reasons::RECONCILE_SUCCEEDED,
-                None,
-            ),
-            (
-                Ai,
-                application_instance::RECONCILING,
-                False,
-                application_instance::reasons::SUSPENDED,
-                Some(("Suspended", Normal)),
-            ),
-            (
-                Op,
-                operation::ACCEPTED,
-                True,
-                operation::reasons::PRECONDITIONS_MET,
-                Some(("OperationAccepted", Normal)),
-            ),
-            (
-                Op,
-                operation::ACCEPTED,
-                False,
-                operation::reasons::TEMPLATE_NOT_ALLOWED,
-                Some(("OperationBlocked", Warning)),
-            ),
-            (
-                Op,
-                operation::ACCEPTED,
-                Unknown,
-                operation::reasons::PENDING,
-                None,
-            ),
-            (
-                Op,
-                operation::RUNNING,
-                True,
-                operation::reasons::ENGINE_RUNNING,
-                Some(("OperationRunning", Normal)),
-            ),
-            (
-                Op,
-                operation::RUNNING,
-                False,
-                operation::reasons::FINISHED,
-                None,
-            ),
-            (
-                Op,
-                operation::SUCCEEDED,
-                True,
-                operation::reasons::VELERO_BACKUP_COMPLETED,
-                Some(("OperationSucceeded", Normal)),
-            ),
-            (
-                Op,
-                operation::SUCCEEDED,
-                False,
-                operation::reasons::DEADLINE_EXCEEDED,
-                Some(("OperationFailed", Warning)),
-            ),
-            (
-                Op,
-                operation::SUCCEEDED,
-                False,
-                operation::reasons::CANCELLED,
-                Some(("OperationCancelled", Normal)),
-            ),
-            (
-                Op,
-                operation::SUCCEEDED,
-                Unknown,
-                operation::reasons::IN_PROGRESS,
-                None,
-            ),
-        ];
-        for (kind, type_, status, reason, want) in cases {
-            let c = cond(type_, *status, reason, "", None);
-            let got = event_for(*kind, &c, std::slice::from_ref(&c)).map(|e| (e.reason, e.type_));
-            assert_eq!(got, *want, "{kind:?} {type_}={status} {reason}");
-        }
-        let mut garbage = cond("Ready", ConditionStatus::True, "R", "", None);
-        garbage.status = "Maybe".into();
-        assert_eq!(event_for(Ai, &garbage, &[]), None);
-    }
-
-    #[test]
-    fn ready_false_is_announced_once() {
-        use application_instance::{FAILED, READY, reasons};
-        let ready = cond(
-            READY,
-            ConditionStatus::False,
-            reasons::UPGRADE_FAILED,
-            "",
-            None,
-        );
-        let failed = cond(
-            FAILED,
-            ConditionStatus::True,
-            reasons::UPGRADE_FAILED,
-            "",
-            None,
-        );
-        let both = [ready.clone(), failed.clone()];
-        // With Failed=True, ReconcileFailed (from Failed) is the only Event.
-        assert_eq!(
-            event_for(ResourceKind::ApplicationInstance, &ready, &both),
-            None
-        );
-        assert_eq!(
-            event_for(ResourceKind::ApplicationInstance, &failed, &both).map(|e| e.reason),
-            Some(events::RECONCILE_FAILED)
-        );
-        // Without it, Ready=False announces itself with its own reason.
-        let not_ready = cond(
-            READY,
-            ConditionStatus::False,
-            reasons::HELM_REPOSITORY_NOT_READY,
-            "",
-            None,
-        );
-        let spec = event_for(
-            ResourceKind::ApplicationInstance,
-            &not_ready,
-            std::slice::from_ref(&not_ready),
-        );
-        assert_eq!(
-            spec,
-            Some(EventSpec {
-                reason: reasons::HELM_REPOSITORY_NOT_READY,
-                type_: EventType::Warning
-            })
-        );
-    }
-
     /// metav1.Condition's reason rule: `^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$`, ≤ 1024.
     fn is_valid_reason(r: &str) -> bool {
         let bytes = r.as_bytes();
@@ -1078,6 +763,7 @@ mod tests {
             ("ai reasons", application_instance::reasons::ALL),
             ("operation types", operation::TYPES),
             ("operation reasons", operation::reasons::ALL),
+            ("error categories", errors::ALL),
         ];
         for (group, names) in groups {
             let mut seen = std::collections::BTreeSet::new();

@@ -45,7 +45,7 @@ const THIRD_PARTY_HEADER: &str = "\
 #[derive(Debug, thiserror::Error)]
 pub enum CrdError {
     /// YAML serialization failed.
-    #[error("cannot render CRD {name} as YAML: {source}")]
+    #[error("cannot render CRD {name} as YAML")]
     Render {
         /// The CRD's name.
         name: String,

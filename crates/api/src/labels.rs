@@ -23,6 +23,13 @@ pub const JOB_ID: &str = "app.vworkspace.io/job-id";
 /// Label on children of an Operation: the Operation's `metadata.uid`.
 pub const OPERATION_ID: &str = "app.vworkspace.io/operation-id";
 
+/// Label on the children of an ApplicationInstance: the instance's name. Child watches
+/// select on it, so objects the operator did not create never enter its caches.
+pub const APPLICATION_INSTANCE: &str = "app.vworkspace.io/application-instance";
+/// `app.kubernetes.io/managed-by`, the well-known label; the operator sets it to
+/// [`FIELD_MANAGER_OPERATOR`] on everything it creates.
+pub const K8S_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+
 /// Field manager of the controllers (server-side apply of children and status).
 pub const FIELD_MANAGER_OPERATOR: &str = "vworkspace-operator";
 /// Field manager of the control-plane agent (objects applied from jobs).

@@ -21,17 +21,19 @@ pub mod labels;
 pub mod operation;
 mod schema;
 pub mod thirdparty;
+pub mod transition;
 
 pub use application_instance::{
     ApplicationInstance, ApplicationInstanceSpec, ApplicationInstanceStatus,
 };
-pub use audit::{AuditEvent, AuditSource, EventSubject};
+pub use audit::{AuditEvent, AuditSource, TransitionKey};
 pub use audit_batch::{AuditBatch, AuditBatchSpec, AuditBatchStatus};
 pub use cluster::{Cluster, ClusterSpec, ClusterStatus, Mode};
 pub use duration::GoDuration;
 pub use operation::{
     Engine, Operation, OperationPhase, OperationSpec, OperationStatus, OperationType,
 };
+pub use transition::TransitionRecord;
 
 /// The API group of our CRDs.
 pub const GROUP: &str = "vworkspace.io";

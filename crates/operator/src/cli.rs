@@ -2,8 +2,17 @@
 //! written for Go operators carry over: `--metrics-bind-address`,
 //! `--health-probe-bind-address`, `--leader-elect`, `--zap-log-level`, `--zap-encoder`.
 //! Both `--flag=value` and `--flag value` are accepted.
+//!
+//! Parse once: every value is turned into its type here ([`Options`] holds bind
+//! addresses, log level and encoder, a positive worker count), so a bad value is
+//! rejected before anything starts and nothing later parses a flag again.
 
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
+use std::str::FromStr;
+
+use vworkspace_telemetry::health::BindAddress;
+use vworkspace_telemetry::logging::{LogEncoder, LogLevel};
 
 /// What to do.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,9 +34,9 @@ pub enum Command {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Options {
     /// `--metrics-bind-address` (`:8080`; `0` disables).
-    pub metrics_bind_address: String,
+    pub metrics_bind_address: BindAddress,
     /// `--health-probe-bind-address` (`:8081`; `0` disables).
-    pub health_probe_bind_address: String,
+    pub health_probe_bind_address: BindAddress,
     /// `--leader-elect`.
     pub leader_elect: bool,
     /// `--leader-election-id`: the Lease name.
@@ -35,15 +44,15 @@ pub struct Options {
     /// `--namespace`: where the operator lives (Lease, Cluster).
     pub namespace: String,
     /// `--zap-log-level`.
-    pub zap_log_level: String,
+    pub zap_log_level: LogLevel,
     /// `--zap-encoder`.
-    pub zap_encoder: String,
+    pub zap_encoder: LogEncoder,
     /// `--cluster-id` (Cluster.metadata.name).
     pub cluster_id: String,
     /// `--org-id`.
     pub org_id: String,
     /// `--max-concurrent-reconciles` per controller.
-    pub max_concurrent_reconciles: usize,
+    pub max_concurrent_reconciles: NonZeroUsize,
     /// `--audit-log-file`: also append audit events to this file as JSON lines.
     pub audit_log_file: Option<PathBuf>,
     /// `--kubeconfig` (else in-cluster or `$KUBECONFIG`).
@@ -58,16 +67,22 @@ impl Default for Options {
     fn default() -> Self {
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         Self {
-            metrics_bind_address: ":8080".into(),
-            health_probe_bind_address: ":8081".into(),
+            metrics_bind_address: BindAddress::Listen {
+                host: "0.0.0.0".into(),
+                port: 8080,
+            },
+            health_probe_bind_address: BindAddress::Listen {
+                host: "0.0.0.0".into(),
+                port: 8081,
+            },
             leader_elect: false,
             leader_election_id: "vworkspace-operator".into(),
             namespace: env("POD_NAMESPACE").unwrap_or_else(|| "vworkspace-system".into()),
-            zap_log_level: "info".into(),
-            zap_encoder: "json".into(),
+            zap_log_level: LogLevel::Info,
+            zap_encoder: LogEncoder::Json,
             cluster_id: env("VWORKSPACE_CLUSTER_ID").unwrap_or_else(|| "local".into()),
             org_id: env("VWORKSPACE_ORG_ID").unwrap_or_else(|| "unknown".into()),
-            max_concurrent_reconciles: 4,
+            max_concurrent_reconciles: NonZeroUsize::MIN.saturating_add(3),
             audit_log_file: None,
             kubeconfig: None,
             identity: env("POD_NAME").unwrap_or_else(|| {
@@ -127,9 +142,9 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
     while let Some(arg) = args.next() {
         let (flag, inline) = split(arg);
         match flag {
-            "--metrics-bind-address" => o.metrics_bind_address = value(flag, inline, &mut args)?,
+            "--metrics-bind-address" => o.metrics_bind_address = typed(flag, inline, &mut args)?,
             "--health-probe-bind-address" => {
-                o.health_probe_bind_address = value(flag, inline, &mut args)?;
+                o.health_probe_bind_address = typed(flag, inline, &mut args)?;
             }
             "--leader-elect" => {
                 o.leader_elect = match inline {
@@ -142,16 +157,15 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             }
             "--leader-election-id" => o.leader_election_id = value(flag, inline, &mut args)?,
             "--namespace" => o.namespace = value(flag, inline, &mut args)?,
-            "--zap-log-level" => o.zap_log_level = value(flag, inline, &mut args)?,
-            "--zap-encoder" => o.zap_encoder = value(flag, inline, &mut args)?,
+            "--zap-log-level" => o.zap_log_level = typed(flag, inline, &mut args)?,
+            "--zap-encoder" => o.zap_encoder = typed(flag, inline, &mut args)?,
             "--cluster-id" => o.cluster_id = value(flag, inline, &mut args)?,
             "--org-id" => o.org_id = value(flag, inline, &mut args)?,
             "--max-concurrent-reconciles" => {
                 let v = value(flag, inline, &mut args)?;
-                o.max_concurrent_reconciles =
-                    v.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
-                        format!("--max-concurrent-reconciles needs a positive integer, not {v:?}")
-                    })?;
+                o.max_concurrent_reconciles = v.parse().map_err(|_| {
+                    format!("--max-concurrent-reconciles needs a positive integer, not {v:?}")
+                })?;
             }
             "--audit-log-file" => o.audit_log_file = Some(value(flag, inline, &mut args)?.into()),
             "--kubeconfig" => o.kubeconfig = Some(value(flag, inline, &mut args)?.into()),
@@ -170,6 +184,20 @@ fn split(arg: &str) -> (&str, Option<&str>) {
         Some((flag, v)) if flag.starts_with("--") => (flag, Some(v)),
         _ => (arg, None),
     }
+}
+
+/// The flag's value, parsed into its type; the error names the flag.
+fn typed<'a, T>(
+    flag: &str,
+    inline: Option<&'a str>,
+    rest: &mut std::iter::Peekable<impl Iterator<Item = &'a str>>,
+) -> Result<T, String>
+where
+    T: FromStr,
+    T::Err: std::fmt::Display,
+{
+    let raw = value(flag, inline, rest)?;
+    raw.parse().map_err(|e| format!("{flag}: {e}"))
 }
 
 fn value<'a>(
@@ -201,12 +229,12 @@ mod tests {
         )) else {
             panic!("should parse");
         };
-        assert_eq!(o.metrics_bind_address, ":9090");
-        assert_eq!(o.health_probe_bind_address, "127.0.0.1:9091");
+        assert_eq!(o.metrics_bind_address.to_string(), "0.0.0.0:9090");
+        assert_eq!(o.health_probe_bind_address.to_string(), "127.0.0.1:9091");
         assert!(o.leader_elect);
         assert_eq!(
-            (o.zap_log_level.as_str(), o.zap_encoder.as_str()),
-            ("debug", "console")
+            (o.zap_log_level, o.zap_encoder),
+            (LogLevel::Debug, LogEncoder::Console)
         );
     }
 
@@ -217,11 +245,12 @@ mod tests {
         };
         assert_eq!(
             (
-                o.metrics_bind_address.as_str(),
-                o.health_probe_bind_address.as_str()
+                o.metrics_bind_address.to_string(),
+                o.health_probe_bind_address.to_string()
             ),
-            (":8080", ":8081")
+            ("0.0.0.0:8080".to_owned(), "0.0.0.0:8081".to_owned())
         );
+        assert_eq!(o.max_concurrent_reconciles.get(), 4);
         assert!(!o.leader_elect);
     }
 
@@ -234,6 +263,17 @@ mod tests {
         assert!(parse(&args("--max-concurrent-reconciles=0")).is_err());
         assert!(parse(&args("--zap-encoder")).is_err());
         assert!(parse(&args("--leader-elect=maybe")).is_err());
+        assert_eq!(
+            parse(&args("--zap-log-level=loud")),
+            Err(
+                "--zap-log-level: invalid log level \"loud\": expected debug, info, warn or error"
+                    .into()
+            )
+        );
+        assert!(
+            parse(&args("--metrics-bind-address=nope:x"))
+                .is_err_and(|e| e.starts_with("--metrics-bind-address: invalid bind address"))
+        );
         assert_eq!(
             parse(&args("crds --root /x")),
             Ok(Command::Crds { root: "/x".into() })

@@ -27,15 +27,16 @@ use vworkspace_api::thirdparty::flux::HelmRelease;
 use vworkspace_runtime::{
     Controller, Readiness, ReconcileResult, RuntimeMetrics, SharedWatch, Shutdown,
 };
-use vworkspace_telemetry::health::{BindAddress, Health, serve_metrics};
+use vworkspace_telemetry::health::{Health, serve_metrics};
 use vworkspace_telemetry::logging::{self, LogOptions};
 use vworkspace_telemetry::metrics::{
-    Controller as ControllerLabel, LeaderElectionMetrics, OperatorMetrics, ProcessCollector,
+    AgentMetrics, ClusterMetrics, Controller as ControllerLabel, LeaderElectionMetrics,
+    OperationMetrics, ParseLabelError, ProcessCollector, ReconcileMetrics,
     ReconcileResult as SpecResult, RestClientMetrics,
 };
 
 use crate::cli::{Command, Options};
-use crate::publisher::{AuditSink, FileAuditSink, MemoryAuditSink, Publisher, Tee};
+use crate::publisher::{AuditSink, DiscardAuditSink, FileAuditSink, Publisher, Tee};
 
 /// The operator's version as the spec shows it (`v0.1.0`).
 pub fn operator_version() -> String {
@@ -68,16 +69,11 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(err) => {
-                eprintln!("vworkspace-operator crds: {err}");
+                eprintln!("vworkspace-operator crds: {:#}", anyhow::Error::from(err));
                 ExitCode::FAILURE
             }
         },
         Command::Run(opts) => {
-            // Reject bad flag values before logging exists, so the message is not lost.
-            if let Err(err) = validate(&opts) {
-                eprintln!("vworkspace-operator: {err}\n\n{}", cli::USAGE);
-                return ExitCode::from(2);
-            }
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(rt) => rt,
                 Err(err) => {
@@ -96,48 +92,28 @@ fn main() -> ExitCode {
     }
 }
 
-fn validate(opts: &Options) -> Result<(), String> {
-    opts.zap_log_level
-        .parse::<logging::LogLevel>()
-        .map_err(|e| format!("--zap-log-level: {e}"))?;
-    opts.zap_encoder
-        .parse::<logging::LogEncoder>()
-        .map_err(|e| format!("--zap-encoder: {e}"))?;
-    opts.metrics_bind_address
-        .parse::<BindAddress>()
-        .map_err(|e| format!("--metrics-bind-address: {e}"))?;
-    opts.health_probe_bind_address
-        .parse::<BindAddress>()
-        .map_err(|e| format!("--health-probe-bind-address: {e}"))?;
-    Ok(())
-}
-
 async fn run(opts: Options) -> Result<ExitCode> {
     logging::init(LogOptions {
-        level: opts
-            .zap_log_level
-            .parse()
-            .map_err(|e| anyhow::anyhow!("--zap-log-level: {e}"))?,
-        encoder: opts
-            .zap_encoder
-            .parse()
-            .map_err(|e| anyhow::anyhow!("--zap-encoder: {e}"))?,
+        level: opts.zap_log_level,
+        encoder: opts.zap_encoder,
         cluster_id: opts.cluster_id.clone(),
         org_id: opts.org_id.clone(),
         operator_version: operator_version(),
         filter: None,
     })?;
-    let metrics_addr: BindAddress = opts
-        .metrics_bind_address
-        .parse()
-        .map_err(|e| anyhow::anyhow!("--metrics-bind-address: {e}"))?;
-    let probe_addr: BindAddress = opts
-        .health_probe_bind_address
-        .parse()
-        .map_err(|e| anyhow::anyhow!("--health-probe-bind-address: {e}"))?;
+    let metrics_addr = opts.metrics_bind_address.clone();
+    let probe_addr = opts.health_probe_bind_address.clone();
 
     let mut registry = Registry::default();
-    let operator_metrics = OperatorMetrics::register(&mut registry);
+    let reconcile_metrics = ReconcileMetrics::register(&mut registry);
+    let operation_kinds = vworkspace_reconcile::catalog::builtin()
+        .kinds()
+        .map(|(ty, engine)| Ok((ty.as_str().parse()?, engine.as_str().parse()?)))
+        .collect::<Result<Vec<_>, ParseLabelError>>()
+        .context("the operation catalog names a type or engine the metrics do not know")?;
+    let _operation_metrics = OperationMetrics::register(&mut registry, operation_kinds);
+    let _agent_metrics = AgentMetrics::register(&mut registry);
+    let _cluster_metrics = ClusterMetrics::register(&mut registry);
     let runtime_metrics = RuntimeMetrics::register(&mut registry);
     let leader_metrics = LeaderElectionMetrics::register(&mut registry, &opts.leader_election_id);
     let rest = RestClientMetrics::register(&mut registry);
@@ -174,9 +150,9 @@ async fn run(opts: Options) -> Result<ExitCode> {
         &runtime_metrics,
     )
     .owns_shared(&releases)
-    .max_concurrent_reconciles(opts.max_concurrent_reconciles)
+    .max_concurrent_reconciles(opts.max_concurrent_reconciles.get())
     .on_reconcile({
-        let metrics = operator_metrics.clone();
+        let metrics = reconcile_metrics.clone();
         move |outcome| {
             let result = match outcome.result {
                 ReconcileResult::Success => SpecResult::Success,
@@ -220,12 +196,16 @@ async fn run(opts: Options) -> Result<ExitCode> {
     let metrics_server = tokio::spawn(serve_metrics(metrics_addr, registry, shutdown()));
     let probe_server = tokio::spawn(health.serve(probe_addr, shutdown()));
 
-    let mut sinks: Vec<Arc<dyn AuditSink>> = vec![Arc::new(MemoryAuditSink::new(10_000))];
+    let mut sinks: Vec<Arc<dyn AuditSink>> = Vec::new();
     if let Some(path) = &opts.audit_log_file {
         sinks.push(Arc::new(
             FileAuditSink::open(path).with_context(|| format!("opening {}", path.display()))?,
         ));
     }
+    if sinks.is_empty() {
+        sinks.push(Arc::new(DiscardAuditSink));
+    }
+    let audit: Arc<dyn AuditSink> = Arc::new(Tee(sinks));
     let publisher = Publisher::new(
         client.clone(),
         AuditSource {
@@ -234,7 +214,7 @@ async fn run(opts: Options) -> Result<ExitCode> {
             operator_version: operator_version(),
         },
         opts.identity.clone(),
-        Arc::new(Tee(sinks)),
+        Arc::clone(&audit),
     );
 
     let elector = opts.leader_elect.then(|| {
@@ -291,6 +271,12 @@ async fn run(opts: Options) -> Result<ExitCode> {
     }
     shutdown_tx.send_replace(true);
     let _ = controller_task.await;
+    if lost_leadership {
+        // Another replica takes over at once; hand over what was published, quickly.
+        audit.flush().await;
+    } else {
+        audit.close().await;
+    }
     if let Some(elector) = elector
         && !lost_leadership
     {

@@ -5,87 +5,126 @@
 //! as the spec's audit payload, to the audit sink. Because both come from one call
 //! they cannot diverge.
 //!
+//! What is published is decided elsewhere, once: `vworkspace_reconcile::transitions`
+//! returns [`TransitionRecord`]s, which the controllers publish *before* persisting the
+//! status that records them. A crash (or a failed status write) in between makes the
+//! next reconcile compute the same records with the same ids again; publishing them a
+//! second time is then a no-op, so each transition is announced exactly once.
+//!
 //! Invariants:
-//! * the Event's name is derived from the audit `event_id`, so a transition replayed
-//!   after a crash does not create a second Event (the API answers 409 and we move on),
-//!   while a *new* transition always has a new id and a new Event — it is never folded
-//!   into an earlier one by de-duplication;
+//! * the Event's name is derived from the audit `event_id`, so a transition published
+//!   twice does not create a second Event (the API answers 409), while a *new* transition
+//!   always has a new id and a new Event — it is never folded into an earlier one;
+//! * a 409 means the transition was published before, so its audit event was handed to
+//!   the sink then and is not submitted again (what a crashed process lost from its
+//!   buffer is the control-plane link's replay to recover, from status);
 //! * messages are built by the controllers from names and reasons, never from secret
 //!   values, and carry no timestamps;
 //! * publishing never fails a reconcile: an Event that cannot be written is logged and
 //!   the audit event is still submitted (the sink is non-blocking).
 
-use std::collections::VecDeque;
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError, mpsc};
+use std::time::Duration;
 
+use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::events::v1::Event;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ObjectMeta, PostParams};
 use kube::{Client, Resource, ResourceExt};
-use vworkspace_api::{AuditEvent, AuditSource, EventSubject};
+use tokio::sync::oneshot;
+use vworkspace_api::conditions::events;
+use vworkspace_api::{AuditEvent, AuditSource, TransitionRecord};
 
 /// Where audit events go. `submit` must not block: reconcilers never wait on the link.
 pub trait AuditSink: Send + Sync {
-    /// Accept one event.
+    /// Accept one event (never blocks, never fails the caller).
     fn submit(&self, event: AuditEvent);
+    /// Resolve once everything submitted before the call is written out or handed over.
+    fn flush(&self) -> BoxFuture<'_, ()>;
+    /// Flush and stop accepting events (a clean shutdown).
+    fn close(&self) -> BoxFuture<'_, ()>;
 }
 
-/// Keeps the most recent events in memory (bounded).
-#[derive(Debug)]
-pub struct MemoryAuditSink {
-    capacity: usize,
-    events: Mutex<VecDeque<AuditEvent>>,
-}
+/// Drops every event. Used when no audit destination is configured; the control-plane
+/// shipper takes its place in Pull mode.
+#[derive(Debug, Default)]
+pub struct DiscardAuditSink;
 
-impl MemoryAuditSink {
-    /// A sink holding at most `capacity` events (oldest dropped first).
-    pub fn new(capacity: usize) -> Self {
-        Self {
-            capacity: capacity.max(1),
-            events: Mutex::new(VecDeque::new()),
-        }
-    }
-
-    /// A copy of the held events, oldest first.
-    #[allow(dead_code)]
-    pub fn snapshot(&self) -> Vec<AuditEvent> {
-        self.events
-            .lock()
-            .map(|e| e.iter().cloned().collect())
-            .unwrap_or_default()
-    }
-}
-
-impl AuditSink for MemoryAuditSink {
+impl AuditSink for DiscardAuditSink {
     fn submit(&self, event: AuditEvent) {
-        if let Ok(mut events) = self.events.lock() {
-            if events.len() == self.capacity {
-                events.pop_front();
-            }
-            events.push_back(event);
-        }
+        tracing::debug!(event_id = %event.event_id, "no audit destination configured; event not kept");
+    }
+    fn flush(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
     }
 }
 
-/// Appends each event as one JSON line to a file (`--audit-log-file`), so the stream
-/// can be read with `jq` and by tests of the built binary. The control-plane shipper
-/// replaces it in Pull mode.
+enum FileMessage {
+    Line(Vec<u8>),
+    Flush(oneshot::Sender<()>),
+}
+
+/// Appends each event as one JSON line to a file (`--audit-log-file`), so the stream can
+/// be read with `jq` and by tests of the built binary. The file is written by a thread of
+/// its own, so no file I/O ever runs on the async runtime; `submit` only queues the line.
 #[derive(Debug)]
 pub struct FileAuditSink {
-    file: Mutex<File>,
+    tx: Mutex<Option<mpsc::Sender<FileMessage>>>,
 }
 
 impl FileAuditSink {
-    /// Open (append) or create `path`.
+    /// Open (append) or create `path` and start the writer thread.
     pub fn open(path: &Path) -> std::io::Result<Self> {
-        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        let mut file = OpenOptions::new().create(true).append(true).open(path)?;
+        let (tx, rx) = mpsc::channel::<FileMessage>();
+        std::thread::Builder::new()
+            .name("audit-file".into())
+            .spawn(move || {
+                for message in rx {
+                    match message {
+                        FileMessage::Line(line) => {
+                            if let Err(err) = file.write_all(&line) {
+                                tracing::error!(error = %err, "cannot append to the audit log file");
+                            }
+                        }
+                        FileMessage::Flush(done) => {
+                            if let Err(err) = file.flush().and_then(|()| file.sync_data()) {
+                                tracing::error!(error = %err, "cannot flush the audit log file");
+                            }
+                            let _ = done.send(());
+                        }
+                    }
+                }
+            })?;
         Ok(Self {
-            file: Mutex::new(file),
+            tx: Mutex::new(Some(tx)),
+        })
+    }
+
+    fn sender(&self) -> Option<mpsc::Sender<FileMessage>> {
+        self.tx
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn flush_with(tx: Option<mpsc::Sender<FileMessage>>) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            let (done_tx, done_rx) = oneshot::channel();
+            if let Some(tx) = tx
+                && tx.send(FileMessage::Flush(done_tx)).is_ok()
+            {
+                // Bounded: a wedged disk must not hold shutdown forever.
+                let _ = tokio::time::timeout(Duration::from_secs(10), done_rx).await;
+            }
         })
     }
 }
@@ -96,11 +135,24 @@ impl AuditSink for FileAuditSink {
             return;
         };
         line.push(b'\n');
-        if let Ok(mut file) = self.file.lock()
-            && let Err(err) = file.write_all(&line)
-        {
-            tracing::error!(error = %err, "cannot append to the audit log file");
+        match self.sender() {
+            Some(tx) if tx.send(FileMessage::Line(line)).is_ok() => {}
+            _ => {
+                tracing::warn!(event_id = %event.event_id, "audit log file is closed; event not written")
+            }
         }
+    }
+    fn flush(&self) -> BoxFuture<'_, ()> {
+        Self::flush_with(self.sender())
+    }
+    fn close(&self) -> BoxFuture<'_, ()> {
+        // Taking the sender ends the writer thread once it has drained the queue.
+        let tx = self
+            .tx
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        Self::flush_with(tx)
     }
 }
 
@@ -113,25 +165,37 @@ impl AuditSink for Tee {
             sink.submit(event.clone());
         }
     }
+    fn flush(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            futures::future::join_all(self.0.iter().map(|s| s.flush())).await;
+        })
+    }
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            futures::future::join_all(self.0.iter().map(|s| s.close())).await;
+        })
+    }
 }
 
-/// One transition to announce.
-#[derive(Debug, Clone)]
-pub struct Announcement<'a> {
-    /// Event reason; also the audit `kind` (e.g. `ReconcileSucceeded`).
-    pub event_reason: &'a str,
-    /// The condition reason; the audit `reason`.
-    pub reason: &'a str,
-    /// Human-readable message.
-    pub message: &'a str,
-    /// `Warning` instead of `Normal`.
-    pub warning: bool,
-    /// The `action` field of the Event (what the controller was doing).
-    pub action: &'a str,
-    /// The idempotency subject.
-    pub subject: EventSubject<'a>,
-    /// The ApplicationInstance concerned, if any.
+/// What the audit event says about the object besides the transition itself.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AuditContext<'a> {
+    /// The ApplicationInstance concerned (the object itself, or an Operation's target).
     pub application_instance: Option<&'a str>,
+    /// Set for Operations: their uid.
+    pub operation_id: Option<&'a str>,
+}
+
+/// What became of one transition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Published {
+    /// The Event was written and the audit event handed to the sink.
+    New,
+    /// The Event existed already: this transition was published before (a retry after a
+    /// crash or a failed status write); nothing was sent again.
+    Repeated,
+    /// The Event could not be written; the audit event was still handed to the sink.
+    EventNotWritten,
 }
 
 /// Writes Events and audit events for transitions. Cheap to clone.
@@ -145,6 +209,19 @@ pub struct Publisher {
 
 /// `reportingController` of every Event we write.
 pub const REPORTING_CONTROLLER: &str = "vworkspace.io/operator";
+
+/// Longest Event (object) name.
+const MAX_NAME: usize = 253;
+
+/// The Event name of a transition: `<object>.<first 16 hex of event_id>`, the object part
+/// shortened (and trimmed to end with an alphanumeric) so that the whole fits 253 characters.
+pub fn event_name(object: &str, event_id: &str) -> String {
+    let short_id = event_id.get(..16).unwrap_or(event_id);
+    let room = MAX_NAME - 1 - short_id.len();
+    let mut prefix = object.get(..object.len().min(room)).unwrap_or(object);
+    prefix = prefix.trim_end_matches(|c: char| !c.is_ascii_alphanumeric());
+    format!("{prefix}.{short_id}")
+}
 
 impl Publisher {
     /// A publisher for this operator instance (`reporting_instance` is the pod name).
@@ -162,26 +239,27 @@ impl Publisher {
         }
     }
 
-    /// Publish one transition of `obj`.
-    pub async fn publish<K>(&self, obj: &K, announcement: &Announcement<'_>)
+    /// Publish one transition of `obj`, recorded (or about to be recorded) in its status.
+    pub async fn publish<K>(
+        &self,
+        obj: &K,
+        record: &TransitionRecord,
+        action: &str,
+        context: AuditContext<'_>,
+    ) -> Published
     where
         K: Resource<DynamicType = ()>,
     {
-        let now = Timestamp::now();
-        let occurred_at = Time(now.round(k8s_openapi::jiff::Unit::Second).unwrap_or(now));
-        let mut audit = AuditEvent::new(
-            &self.source,
-            announcement.event_reason,
-            announcement.reason,
-            announcement.message,
-            occurred_at,
-            &announcement.subject,
-        );
+        let uid = obj.meta().uid.clone().unwrap_or_default();
+        let mut audit = AuditEvent::for_transition(&self.source, &uid, record);
         if let Some(ns) = obj.meta().namespace.clone() {
             audit = audit.with_namespace(ns);
         }
-        if let Some(app) = announcement.application_instance {
+        if let Some(app) = context.application_instance {
             audit = audit.with_application_instance(app);
+        }
+        if let Some(op) = context.operation_id {
+            audit = audit.with_operation_id(op);
         }
         let event_id = audit.event_id.clone();
 
@@ -199,59 +277,56 @@ impl Publisher {
             .namespace
             .clone()
             .unwrap_or_else(|| "default".into());
-        let short_id = event_id.get(..16).unwrap_or(&event_id);
         let event = Event {
             metadata: ObjectMeta {
-                name: Some(format!("{}.{short_id}", obj.name_any())),
+                name: Some(event_name(&obj.name_any(), &event_id)),
                 namespace: Some(namespace.clone()),
                 ..ObjectMeta::default()
             },
-            event_time: Some(MicroTime(now)),
-            action: Some(announcement.action.to_owned()),
-            reason: Some(announcement.event_reason.to_owned()),
-            note: Some(truncate(announcement.message, 1024)),
-            type_: Some(
-                if announcement.warning {
-                    "Warning"
-                } else {
-                    "Normal"
-                }
-                .to_owned(),
-            ),
+            event_time: Some(MicroTime(Timestamp::now())),
+            action: Some(action.to_owned()),
+            reason: Some(record.kind.clone()),
+            note: Some(truncate(&record.message, 1024)),
+            type_: Some(record.event_type.as_str().to_owned()),
             regarding: Some(regarding),
             reporting_controller: Some(REPORTING_CONTROLLER.to_owned()),
             reporting_instance: Some(self.reporting_instance.clone()),
             ..Event::default()
         };
-        let events: Api<Event> = Api::namespaced(self.client.clone(), &namespace);
-        match events.create(&PostParams::default(), &event).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(status)) if status.code == 409 => {
-                tracing::debug!(event_id, "event already recorded (replayed transition)");
-            }
+        let api: Api<Event> = Api::namespaced(self.client.clone(), &namespace);
+        let outcome = match api.create(&PostParams::default(), &event).await {
+            Ok(_) => Published::New,
+            Err(kube::Error::Api(status)) if status.code == 409 => Published::Repeated,
             Err(err) => {
-                tracing::warn!(error = %err, reason = announcement.event_reason, "cannot write the Kubernetes Event; the audit event is still sent");
+                tracing::warn!(error = %err, event = %record.kind, event_id, "cannot write the Kubernetes Event; the audit event is still sent");
+                Published::EventNotWritten
             }
+        };
+        if outcome == Published::Repeated {
+            tracing::debug!(event = %record.kind, event_id, "transition published before; not sent again");
+            return outcome;
         }
-        // tracing fixes a call site's level at compile time; one macro keeps the two
-        // call sites (Warning transitions log at warn, Normal ones at info) identical.
+        // tracing fixes a call site's level at compile time: the spec logs every transition
+        // at info, except an Operation entering Blocked, which is a warning.
         macro_rules! log_transition {
             ($level:ident) => {
                 tracing::$level!(
-                    event = announcement.event_reason,
-                    reason = announcement.reason,
+                    event = %record.kind,
+                    reason = %record.reason,
+                    event_type = record.event_type.as_str(),
                     event_id,
                     "{}",
-                    announcement.message
+                    record.message
                 )
             };
         }
-        if announcement.warning {
+        if record.kind == events::OPERATION_BLOCKED {
             log_transition!(warn);
         } else {
             log_transition!(info);
         }
         self.sink.submit(audit);
+        outcome
     }
 }
 
@@ -269,6 +344,7 @@ fn truncate(message: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vworkspace_api::conditions::EventType;
 
     #[test]
     fn truncate_respects_char_boundaries() {
@@ -277,28 +353,59 @@ mod tests {
     }
 
     #[test]
-    fn memory_sink_is_bounded() {
-        let sink = MemoryAuditSink::new(2);
+    fn event_names_fit_for_the_longest_object_names() {
+        let id = "0123456789abcdef0123456789abcdef";
+        assert_eq!(event_name("nextcloud", id), "nextcloud.0123456789abcdef");
+        let longest = format!("{}.{}", "a".repeat(200), "b".repeat(52));
+        assert_eq!(longest.len(), 253);
+        let name = event_name(&longest, id);
+        assert_eq!(name.len(), 253);
+        assert!(name.ends_with(".0123456789abcdef"));
+        // A cut that would end in '.' or '-' is trimmed back to an alphanumeric.
+        let awkward = format!("{}-{}", "a".repeat(235), "b".repeat(17));
+        let name = event_name(&awkward, id);
+        assert!(name.len() <= 253);
+        assert!(!name.contains("-."), "{name}");
+    }
+
+    #[tokio::test]
+    async fn file_sink_writes_off_the_runtime_and_flushes_on_close() {
+        let dir = std::env::temp_dir().join(format!("audit-sink-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("audit.jsonl");
+        let _ = std::fs::remove_file(&path);
+        let sink = FileAuditSink::open(&path).expect("open");
         let source = AuditSource {
             cluster_id: "c".into(),
             org_id: "o".into(),
             operator_version: "v0".into(),
         };
-        for generation in 0..3 {
-            sink.submit(AuditEvent::new(
-                &source,
-                "ReconcileStarted",
-                "Reconciling",
-                "m",
-                Time(Timestamp::UNIX_EPOCH),
-                &EventSubject::Generation {
-                    uid: "u",
-                    generation,
-                },
-            ));
+        let record = TransitionRecord {
+            kind: "ReconcileStarted".into(),
+            condition: "Reconciling".into(),
+            reason: "Reconciling".into(),
+            generation: 1,
+            occurrence: 1,
+            event_type: EventType::Normal,
+            message: "m".into(),
+            at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::UNIX_EPOCH),
+        };
+        for uid in ["a", "b", "c"] {
+            sink.submit(AuditEvent::for_transition(&source, uid, &record));
         }
-        let held = sink.snapshot();
-        assert_eq!(held.len(), 2);
-        assert_ne!(held[0].event_id, held[1].event_id);
+        sink.close().await;
+        let text = std::fs::read_to_string(&path).expect("written");
+        assert_eq!(text.lines().count(), 3, "{text}");
+        // Closed: further events are refused without blocking or panicking.
+        sink.submit(AuditEvent::for_transition(&source, "d", &record));
+        sink.flush().await;
+        assert_eq!(
+            std::fs::read_to_string(&path)
+                .expect("read")
+                .lines()
+                .count(),
+            3
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

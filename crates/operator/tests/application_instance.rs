@@ -13,7 +13,7 @@ use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams
 use serde_json::{Value, json};
 use vworkspace_api::application_instance::ApplicationInstance;
 use vworkspace_testkit::env::{TestEnv, poll_until, unique_suffix};
-use vworkspace_testkit::fixtures::sample;
+use vworkspace_testkit::prom::Exposition;
 use vworkspace_testkit::sim::flux::{
     FluxSimulator, helm_release_resource, helm_repository_resource,
 };
@@ -224,9 +224,14 @@ async fn lifecycle_events_metrics_logs_and_secrets() -> Result<()> {
     // Metrics: the spec histogram and counters agree with controller-runtime's, exactly.
     op.ensure_running()?;
     let metrics = op.metrics().await?;
+    let m = Exposition::parse(&metrics)?;
+    const AI: (&str, &str) = ("controller", "applicationinstance");
     let ai = |result: &str| {
-        sample(&metrics, &format!(r#"vworkspace_operator_reconcile_total{{controller="applicationinstance",result="{result}"}}"#))
-            .unwrap_or(-1.0)
+        m.value(
+            "vworkspace_operator_reconcile_total",
+            &[AI, ("result", result)],
+        )
+        .unwrap_or(-1.0)
     };
     let total = ai("success") + ai("requeue") + ai("error");
     ensure!(
@@ -234,9 +239,9 @@ async fn lifecycle_events_metrics_logs_and_secrets() -> Result<()> {
         "at least one successful reconcile per generation: {metrics}"
     );
     ensure!(ai("error") == 0.0, "no reconcile failed");
-    let count = sample(
-        &metrics,
-        r#"vworkspace_operator_reconcile_duration_seconds_count{controller="applicationinstance"}"#,
+    let count = m.value(
+        "vworkspace_operator_reconcile_duration_seconds_count",
+        &[AI],
     );
     ensure!(
         count == Some(total),
@@ -244,16 +249,18 @@ async fn lifecycle_events_metrics_logs_and_secrets() -> Result<()> {
     );
     let cr_total: f64 = ["success", "error", "requeue", "requeue_after"]
         .iter()
-        .filter_map(|r| sample(&metrics, &format!(r#"controller_runtime_reconcile_total{{controller="applicationinstance",result="{r}"}}"#)))
+        .filter_map(|r| m.value("controller_runtime_reconcile_total", &[AI, ("result", r)]))
         .sum();
     ensure!(
         cr_total == total,
         "controller_runtime_reconcile_total {cr_total} == {total}"
     );
-    let les: Vec<String> = metrics
-        .lines()
-        .filter(|l| l.starts_with(r#"vworkspace_operator_reconcile_duration_seconds_bucket{controller="applicationinstance""#))
-        .filter_map(|l| l.split("le=\"").nth(1)?.split('"').next().map(str::to_owned))
+    let les: Vec<String> = m
+        .series(
+            "vworkspace_operator_reconcile_duration_seconds_bucket",
+            &[AI],
+        )
+        .filter_map(|s| s.label("le").map(str::to_owned))
         .collect();
     ensure!(
         les == [
@@ -266,18 +273,16 @@ async fn lifecycle_events_metrics_logs_and_secrets() -> Result<()> {
             ],
         "spec buckets, got {les:?}"
     );
-    let inf = sample(
-        &metrics,
-        r#"vworkspace_operator_reconcile_duration_seconds_bucket{controller="applicationinstance",le="+Inf"}"#,
+    let inf = m.value(
+        "vworkspace_operator_reconcile_duration_seconds_bucket",
+        &[AI, ("le", "+Inf")],
     );
     ensure!(inf == Some(total), "+Inf bucket counts every reconcile");
     for controller in ["operation", "cluster"] {
         for result in ["success", "requeue", "error"] {
-            let v = sample(
-                &metrics,
-                &format!(
-                    r#"vworkspace_operator_reconcile_total{{controller="{controller}",result="{result}"}}"#
-                ),
+            let v = m.value(
+                "vworkspace_operator_reconcile_total",
+                &[("controller", controller), ("result", result)],
             );
             ensure!(
                 v == Some(0.0),
@@ -285,19 +290,16 @@ async fn lifecycle_events_metrics_logs_and_secrets() -> Result<()> {
             );
         }
     }
-    ensure!(
-        sample(
-            &metrics,
-            r#"workqueue_depth{controller="applicationinstance",name="applicationinstance"}"#
-        ) == Some(0.0)
-    );
+    ensure!(m.value("workqueue_depth", &[AI, ("name", "applicationinstance")]) == Some(0.0));
     // Every Event was a POST answered 201, counted by the client layer with the API
     // server's host:port.
-    let posts_created: f64 = metrics
-        .lines()
-        .filter(|l| l.starts_with("rest_client_requests_total{") && l.contains(r#"code="201""#))
-        .filter(|l| l.contains(r#"method="POST""#) && l.contains(r#"host="127.0.0.1:"#))
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+    let posts_created: f64 = m
+        .series(
+            "rest_client_requests_total",
+            &[("code", "201"), ("method", "POST")],
+        )
+        .filter(|s| s.label("host").is_some_and(|h| h.starts_with("127.0.0.1:")))
+        .map(|s| s.value)
         .sum();
     // The operator POSTs nothing but Events here (no probe ran its access reviews),
     // so the count is exact.
@@ -313,14 +315,14 @@ async fn lifecycle_events_metrics_logs_and_secrets() -> Result<()> {
         "process_start_time_seconds",
     ] {
         ensure!(
-            sample(&metrics, name).is_some_and(|v| v > 0.0),
+            m.value(name, &[]).is_some_and(|v| v > 0.0),
             "{name} exposed"
         );
     }
     ensure!(
-        sample(
-            &metrics,
-            r#"leader_election_master_status{name="vworkspace-operator"}"#
+        m.value(
+            "leader_election_master_status",
+            &[("name", "vworkspace-operator")]
         ) == Some(1.0)
     );
     ensure!(
@@ -395,6 +397,25 @@ async fn lifecycle_events_metrics_logs_and_secrets() -> Result<()> {
                     .as_str()
                     .is_some_and(|v| v.starts_with('v'))
         );
+    }
+
+    // The ids of the transitions still recorded in status, recomputed from the status
+    // alone (what the control-plane link's replay does), are the ids published live.
+    let recorded = api.get("app").await?;
+    let transitions = &recorded.status.as_ref().context("status")?.transitions;
+    ensure!(
+        transitions.len() >= 3,
+        "status records the announced kinds: {transitions:?}"
+    );
+    for record in transitions {
+        let id = record.event_id("cluster-e2e", &uid);
+        let live = audit
+            .iter()
+            .find(|e| e["event_id"] == id.as_str())
+            .with_context(|| {
+                format!("recorded {record:?} has id {id}, which was never published")
+            })?;
+        ensure!(live["kind"] == record.kind.as_str() && live["reason"] == record.reason.as_str());
     }
 
     // The canary never left the Secret.

@@ -11,13 +11,15 @@ use vworkspace_testkit::env::{TestEnv, poll_until, unique_suffix};
 mod common;
 
 use common::{install_crds, spawn_operator};
-use vworkspace_testkit::fixtures::sample;
+use vworkspace_testkit::prom::Exposition;
 use vworkspace_testkit::sim::flux::FluxSimulator;
 
 const LIMIT: Duration = Duration::from_secs(60);
 
 fn is_leader(metrics: &str) -> Option<f64> {
-    sample(metrics, r#"leader_election_master_status{name="LEASE"}"#)
+    Exposition::parse(metrics)
+        .ok()?
+        .value("leader_election_master_status", &[("name", "LEASE")])
 }
 
 #[tokio::test]
@@ -79,10 +81,16 @@ async fn only_the_leader_reconciles_and_a_standby_takes_over() -> Result<()> {
         (&mut b, &mut a)
     };
     let reconciles = |m: &str| -> f64 {
+        let Ok(m) = Exposition::parse(m) else {
+            return f64::NAN;
+        };
         ["success", "error", "requeue", "requeue_after"]
             .iter()
             .filter_map(|r| {
-                sample(m, &format!(r#"controller_runtime_reconcile_total{{controller="applicationinstance",result="{r}"}}"#))
+                m.value(
+                    "controller_runtime_reconcile_total",
+                    &[("controller", "applicationinstance"), ("result", r)],
+                )
             })
             .sum()
     };

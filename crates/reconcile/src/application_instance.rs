@@ -2,48 +2,69 @@
 //! status and transitions.
 //!
 //! The controller (crates/operator) observes the instance, applies what
-//! [`desired_children`] returns with server-side apply, and then calls [`plan_status`]
-//! with the HelmRelease *as the apply returned it*. Deciding on the post-apply object
-//! matters: a HelmRelease that was Ready for the previous spec must not make a new
-//! generation look Ready before Flux has seen it.
+//! [`desired_children`] returns with server-side apply (skipping a child whose cached
+//! state already holds it, [`child_up_to_date`]), and then calls [`plan_status`] with
+//! the HelmRelease *as the apply returned it* (or as cached when nothing was applied).
+//! Deciding on the post-apply object matters: a HelmRelease that was Ready for the
+//! previous spec must not make a new generation look Ready before Flux has seen it.
+//! A reconcile that fails is reported by [`plan_error`].
 //!
 //! Invariants:
 //! * the plan never reads chart-value secrets: `valuesFrom` is passed through by name,
 //!   and only the *existence* of each source is an input;
-//! * Events follow real transitions only — `ReconcileStarted` once per generation,
-//!   `ReconcileSucceeded` / `ReconcileFailed` when Ready / Failed become True,
-//!   `HelmReleaseUpgraded` when the deployed revision rises above a known one (the
-//!   first install is not an upgrade) — so a reconcile that changes nothing emits nothing.
+//! * which transitions are announced is decided by [`crate::transitions::announce`] and
+//!   nothing else; this module only computes the status;
+//! * after [`validate`], nothing reads an `Option` of the object again: the identity
+//!   (name, namespace, uid, generation) travels in [`ValidSpec`].
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, OwnerReference, Time};
-use kube::api::ObjectMeta;
-use kube::{Resource, ResourceExt};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
+use kube_core::{ObjectMeta, Resource};
 use vworkspace_api::application_instance::{
     ApplicationInstance, ApplicationInstanceStatus, HelmReleaseSummary, ValuesReference,
 };
 use vworkspace_api::conditions::{
-    ConditionStatus, application_instance as ai, events, find_condition, new_condition,
-    set_condition,
+    ConditionStatus, application_instance as ai, find_condition, new_condition, set_condition,
 };
 use vworkspace_api::labels;
 use vworkspace_api::thirdparty::flux::{
     self, CrossNamespaceObjectReference, HelmChartTemplate, HelmChartTemplateSpec, HelmRelease,
     HelmReleaseSpec, HelmRepository, HelmRepositorySpec,
 };
+use vworkspace_api::transition::TransitionRecord;
 
-/// Label on the children naming their ApplicationInstance.
-pub const INSTANCE_LABEL: &str = "app.vworkspace.io/application-instance";
+use crate::names;
+use crate::transitions::{self, ChildChange, Resource as Announced, StatusView};
+
+/// Shortest `spec.interval` passed to Flux: shorter intervals make Flux hammer the chart
+/// repository and the API server for no benefit.
+pub const MIN_INTERVAL_SECS: u64 = 10;
+
+/// Who the instance is: read once by [`validate`], so nothing downstream defaults an
+/// `Option` of the object's metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// `metadata.name`.
+    pub name: String,
+    /// `metadata.namespace`.
+    pub namespace: String,
+    /// `metadata.uid`.
+    pub uid: String,
+    /// `metadata.generation`.
+    pub generation: i64,
+}
 
 /// A spec that passed validation; everything after this reads typed, checked values.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ValidSpec {
+    /// The object this spec belongs to.
+    pub identity: Identity,
     /// Chart repository URL.
     pub repository: String,
     /// `oci` for OCI registries, `default` for HTTP(S) indexes (Flux's `spec.type`).
     pub repository_type: &'static str,
     /// Chart name.
     pub chart: String,
-    /// Chart version.
+    /// Chart version (exact semver or a semver range).
     pub version: String,
     /// Flux interval, as a Go duration.
     pub interval: String,
@@ -55,15 +76,55 @@ pub struct ValidSpec {
     pub suspend: bool,
 }
 
-/// Why a spec cannot be applied although the schema accepted it.
+/// Why a spec cannot be applied although the schema accepted it. Each message names the
+/// field at fault.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InvalidSpec {
-    /// The chart version is blank.
-    #[error("spec.chart.version is blank")]
-    BlankVersion,
+    /// The object lacks server-set metadata (never the case for an object read from the
+    /// API server).
+    #[error("metadata.{0} is not set")]
+    MissingMetadata(&'static str),
+    /// The name is used as a label value and does not fit one.
+    #[error("metadata.name {name:?} cannot be used as the value of label {label}: {why}")]
+    NameNotALabelValue {
+        /// The instance name.
+        name: String,
+        /// The label it goes into.
+        label: &'static str,
+        /// What is wrong.
+        why: String,
+    },
+    /// The chart version is not semver.
+    #[error("spec.chart.version {version:?} is not a semver version or range ({why})")]
+    BadVersion {
+        /// The version as written.
+        version: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// The chart name is not one path segment.
+    #[error("spec.chart.name {0:?} must be a single chart name, without '/' or '..'")]
+    BadChartName(String),
+    /// The interval is below the minimum.
+    #[error("spec.interval {0} is shorter than the minimum of {MIN_INTERVAL_SECS}s")]
+    IntervalTooShort(String),
+    /// A values source name is not an object name.
+    #[error("spec.valuesFrom[{index}].name {name:?} is not a valid {kind} name: {why}")]
+    BadSourceName {
+        /// Position in valuesFrom.
+        index: usize,
+        /// Secret or ConfigMap.
+        kind: &'static str,
+        /// The name.
+        name: String,
+        /// What is wrong.
+        why: String,
+    },
     /// The same source appears twice in valuesFrom.
-    #[error("spec.valuesFrom lists {kind}/{name} key {key} twice")]
+    #[error("spec.valuesFrom[{index}] lists {kind}/{name} key {key} a second time")]
     DuplicateValuesSource {
+        /// Position in valuesFrom.
+        index: usize,
         /// Secret or ConfigMap.
         kind: &'static str,
         /// Its name.
@@ -88,13 +149,58 @@ impl InvalidSpec {
     }
 }
 
-/// Check what the schema cannot express.
+/// Check what the schema cannot express, and read the identity once.
 pub fn validate(obj: &ApplicationInstance) -> Result<ValidSpec, InvalidSpec> {
+    let meta = &obj.metadata;
+    let identity = Identity {
+        name: meta
+            .name
+            .clone()
+            .ok_or(InvalidSpec::MissingMetadata("name"))?,
+        namespace: meta
+            .namespace
+            .clone()
+            .ok_or(InvalidSpec::MissingMetadata("namespace"))?,
+        uid: meta
+            .uid
+            .clone()
+            .ok_or(InvalidSpec::MissingMetadata("uid"))?,
+        generation: meta
+            .generation
+            .ok_or(InvalidSpec::MissingMetadata("generation"))?,
+    };
+    if let Err(why) = names::label_value(&identity.name) {
+        return Err(InvalidSpec::NameNotALabelValue {
+            name: identity.name,
+            label: labels::APPLICATION_INSTANCE,
+            why,
+        });
+    }
     let spec = &obj.spec;
-    if spec.chart.version.trim().is_empty() {
-        return Err(InvalidSpec::BlankVersion);
+    let version = spec.chart.version.trim();
+    names::semver_constraint(version).map_err(|why| InvalidSpec::BadVersion {
+        version: spec.chart.version.clone(),
+        why,
+    })?;
+    let chart = &spec.chart.name;
+    if chart.contains('/') || chart == "." || chart.contains("..") {
+        return Err(InvalidSpec::BadChartName(chart.clone()));
+    }
+    if spec.interval.as_duration().as_secs() < MIN_INTERVAL_SECS {
+        return Err(InvalidSpec::IntervalTooShort(
+            spec.interval.as_str().to_owned(),
+        ));
     }
     for (index, source) in spec.values_from.iter().enumerate() {
+        let kind = source.kind.as_str();
+        if let Err(why) = names::subdomain(&source.name) {
+            return Err(InvalidSpec::BadSourceName {
+                index,
+                kind,
+                name: source.name.clone(),
+                why,
+            });
+        }
         if let Some(path) = &source.target_path
             && path.split('.').any(str::is_empty)
         {
@@ -111,7 +217,8 @@ pub fn validate(obj: &ApplicationInstance) -> Result<ValidSpec, InvalidSpec> {
         });
         if duplicate {
             return Err(InvalidSpec::DuplicateValuesSource {
-                kind: source.kind.as_str(),
+                index,
+                kind,
                 name: source.name.clone(),
                 key: source.values_key.clone(),
             });
@@ -123,10 +230,11 @@ pub fn validate(obj: &ApplicationInstance) -> Result<ValidSpec, InvalidSpec> {
         "default"
     };
     Ok(ValidSpec {
+        identity,
         repository: spec.chart.repository.clone(),
         repository_type,
-        chart: spec.chart.name.clone(),
-        version: spec.chart.version.trim().to_owned(),
+        chart: chart.clone(),
+        version: version.to_owned(),
         interval: spec.interval.as_str().to_owned(),
         values: spec.values.clone(),
         values_from: spec.values_from.clone(),
@@ -145,39 +253,38 @@ pub fn missing_sources(
         .collect()
 }
 
-fn owner_reference(obj: &ApplicationInstance) -> Option<OwnerReference> {
-    let mut owner = obj.controller_owner_ref(&())?;
-    owner.block_owner_deletion = Some(true);
-    Some(owner)
-}
-
-fn child_meta(obj: &ApplicationInstance) -> ObjectMeta {
+fn child_meta(id: &Identity) -> ObjectMeta {
     ObjectMeta {
-        name: Some(obj.name_any()),
-        namespace: obj.namespace(),
+        name: Some(id.name.clone()),
+        namespace: Some(id.namespace.clone()),
         labels: Some(
             [
-                (INSTANCE_LABEL.to_owned(), obj.name_any()),
+                (labels::APPLICATION_INSTANCE.to_owned(), id.name.clone()),
                 (
-                    "app.kubernetes.io/managed-by".to_owned(),
+                    labels::K8S_MANAGED_BY.to_owned(),
                     labels::FIELD_MANAGER_OPERATOR.to_owned(),
                 ),
             ]
             .into(),
         ),
-        owner_references: owner_reference(obj).map(|o| vec![o]),
+        owner_references: Some(vec![OwnerReference {
+            api_version: ApplicationInstance::api_version(&()).into_owned(),
+            kind: ApplicationInstance::kind(&()).into_owned(),
+            name: id.name.clone(),
+            uid: id.uid.clone(),
+            controller: Some(true),
+            block_owner_deletion: Some(true),
+        }]),
         ..ObjectMeta::default()
     }
 }
 
 /// The HelmRepository and HelmRelease to apply, both named after the instance and
 /// owned by it (so deleting the instance garbage-collects them).
-pub fn desired_children(
-    obj: &ApplicationInstance,
-    spec: &ValidSpec,
-) -> (HelmRepository, HelmRelease) {
+pub fn desired_children(spec: &ValidSpec) -> (HelmRepository, HelmRelease) {
+    let id = &spec.identity;
     let repository = HelmRepository {
-        metadata: child_meta(obj),
+        metadata: child_meta(id),
         spec: HelmRepositorySpec {
             url: spec.repository.clone(),
             interval: Some(spec.interval.clone()),
@@ -186,7 +293,7 @@ pub fn desired_children(
         status: None,
     };
     let release = HelmRelease {
-        metadata: child_meta(obj),
+        metadata: child_meta(id),
         spec: HelmReleaseSpec {
             interval: spec.interval.clone(),
             chart: Some(HelmChartTemplate {
@@ -194,9 +301,9 @@ pub fn desired_children(
                     chart: spec.chart.clone(),
                     version: Some(spec.version.clone()),
                     source_ref: CrossNamespaceObjectReference {
-                        kind: "HelmRepository".to_owned(),
-                        name: obj.name_any(),
-                        namespace: obj.namespace(),
+                        kind: HelmRepository::kind(&()).into_owned(),
+                        name: id.name.clone(),
+                        namespace: Some(id.namespace.clone()),
                     },
                 },
             }),
@@ -219,6 +326,48 @@ pub fn desired_children(
     (repository, release)
 }
 
+/// The two children the operator applies; what [`child_up_to_date`] compares.
+pub trait Child: Resource<DynamicType = ()> {
+    /// The spec, as the typed model sees it (fields the model lacks are ignored).
+    type Spec: PartialEq;
+    /// The spec.
+    fn spec(&self) -> &Self::Spec;
+}
+
+impl Child for HelmRelease {
+    type Spec = HelmReleaseSpec;
+    fn spec(&self) -> &HelmReleaseSpec {
+        &self.spec
+    }
+}
+
+impl Child for HelmRepository {
+    type Spec = HelmRepositorySpec;
+    fn spec(&self) -> &HelmRepositorySpec {
+        &self.spec
+    }
+}
+
+/// Whether `live` (from the cache) already holds everything `desired` would apply: the
+/// same spec, our labels, and our controller owner reference. When it does, applying
+/// again would be a no-op PATCH, and the controller skips it.
+pub fn child_up_to_date<C: Child>(desired: &C, live: &C) -> bool {
+    let (d, l) = (desired.meta(), live.meta());
+    let labels_held = d.labels.iter().flatten().all(|(k, v)| {
+        l.labels
+            .as_ref()
+            .and_then(|labels| labels.get(k))
+            .is_some_and(|lv| lv == v)
+    });
+    let owners_held = d.owner_references.iter().flatten().all(|want| {
+        l.owner_references
+            .iter()
+            .flatten()
+            .any(|have| have.uid == want.uid && have.controller == want.controller)
+    });
+    labels_held && owners_held && desired.spec() == live.spec()
+}
+
 /// What the controller found, as far as status is concerned.
 #[derive(Debug, Clone, Copy)]
 pub enum Observed<'a> {
@@ -226,7 +375,7 @@ pub enum Observed<'a> {
     Invalid(&'a InvalidSpec),
     /// Required values sources are missing; nothing was applied.
     MissingSources(&'a [&'a ValuesReference]),
-    /// The children were applied; this is the HelmRelease the apply returned.
+    /// The children are in place; this is the live HelmRelease.
     Applied {
         /// The validated spec.
         spec: &'a ValidSpec,
@@ -235,50 +384,26 @@ pub enum Observed<'a> {
     },
 }
 
-/// An Event (and audit event) to publish for a transition.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PlannedEvent {
-    /// Event reason = audit `kind`.
-    pub event_reason: &'static str,
-    /// Condition reason = audit `reason`.
-    pub reason: String,
-    /// Human-readable; never carries secret values or timestamps.
-    pub message: String,
-    /// `Warning` rather than `Normal`.
-    pub warning: bool,
-    /// What makes the event unique (its idempotency key's subject).
-    pub key: EventKey,
-}
-
-/// The subject of a [`PlannedEvent`]'s idempotency key.
-#[derive(Debug, Clone, PartialEq)]
-pub enum EventKey {
-    /// Once per generation.
-    Generation(i64),
-    /// Once per HelmRelease revision.
-    Revision(i64),
-    /// Once per condition transition of a generation (its lastTransitionTime).
-    Transition(i64, Time),
-}
-
 /// The new status and what to announce.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StatusPlan {
-    /// The status to write.
+    /// The status to write (its `transitions` already record `transitions`).
     pub status: ApplicationInstanceStatus,
     /// Whether it differs from the current one.
     pub changed: bool,
-    /// Events in the order they should appear.
-    pub events: Vec<PlannedEvent>,
+    /// What to publish, in order, before writing the status.
+    pub transitions: Vec<TransitionRecord>,
     /// Flux has not finished: look again later even without a watch event.
     pub waiting: bool,
 }
 
+type ConditionValue = (ConditionStatus, &'static str, String);
+
 /// Verdict on one generation.
 struct Verdict {
-    ready: (ConditionStatus, &'static str, String),
-    failed: (ConditionStatus, &'static str, String),
-    reconciling: (ConditionStatus, &'static str, String),
+    ready: ConditionValue,
+    failed: ConditionValue,
+    reconciling: ConditionValue,
     release: Option<HelmReleaseSummary>,
     waiting: bool,
 }
@@ -322,7 +447,7 @@ fn judge_release(
     previous: Option<HelmReleaseSummary>,
 ) -> Verdict {
     use ConditionStatus::{False, True, Unknown};
-    let name = release.name_any();
+    let name = spec.identity.name.clone();
     let status = release.status.clone().unwrap_or_default();
     let deployed = status
         .history
@@ -409,91 +534,123 @@ fn judge_release(
     }
 }
 
-/// Compute the status for `observed` and the Events its transitions call for.
+/// Compute the status for `observed` and the transitions it announces.
 pub fn plan_status(obj: &ApplicationInstance, observed: Observed<'_>, now: &Time) -> StatusPlan {
+    let verdict = judge(obj, observed);
+    let release = verdict.release.clone();
+    let waiting = verdict.waiting;
+    finish(
+        obj,
+        [
+            (ai::READY, verdict.ready),
+            (ai::FAILED, verdict.failed),
+            (ai::RECONCILING, verdict.reconciling),
+        ],
+        release,
+        waiting,
+        now,
+    )
+}
+
+/// The status reporting a failed reconcile: the error's `category` becomes the reason of
+/// `Reconciling=True` while it is retried (Ready and Failed keep what they said), or of
+/// `Failed=True` and `Ready=False` when retrying cannot help (`terminal`). `message` is
+/// the error chain. The next successful reconcile replaces it.
+pub fn plan_error(
+    obj: &ApplicationInstance,
+    category: &'static str,
+    message: &str,
+    terminal: bool,
+    now: &Time,
+) -> StatusPlan {
+    use ConditionStatus::{False, True, Unknown};
+    let current = obj.status.clone().unwrap_or_default();
+    let keep = |type_: &str, default: ConditionValue| -> ConditionValue {
+        find_condition(&current.conditions, type_)
+            .and_then(|c| {
+                let status = ConditionStatus::parse(&c.status)?;
+                let reason = ai::reasons::ALL
+                    .iter()
+                    .chain(vworkspace_api::conditions::errors::ALL)
+                    .find(|r| **r == c.reason)?;
+                Some((status, *reason, c.message.clone()))
+            })
+            .unwrap_or(default)
+    };
+    let msg = message.to_owned();
+    let conditions = if terminal {
+        [
+            (ai::READY, (False, category, msg.clone())),
+            (ai::FAILED, (True, category, msg.clone())),
+            (ai::RECONCILING, (False, category, msg)),
+        ]
+    } else {
+        [
+            (ai::READY, keep(ai::READY, (Unknown, category, msg.clone()))),
+            (
+                ai::FAILED,
+                keep(ai::FAILED, (False, ai::reasons::RECONCILING, msg.clone())),
+            ),
+            (ai::RECONCILING, (True, category, msg)),
+        ]
+    };
+    finish(obj, conditions, current.helm_release.clone(), false, now)
+}
+
+fn finish(
+    obj: &ApplicationInstance,
+    conditions: [(&str, ConditionValue); 3],
+    release: Option<HelmReleaseSummary>,
+    waiting: bool,
+    now: &Time,
+) -> StatusPlan {
     let current = obj.status.clone().unwrap_or_default();
     let generation = obj.metadata.generation;
-    let verdict = judge(obj, observed);
     let mut status = current.clone();
     status.observed_generation = generation;
-    let mut events = Vec::new();
-
-    let new_generation = current.observed_generation != generation;
-    if new_generation {
-        events.push(PlannedEvent {
-            event_reason: events::RECONCILE_STARTED,
-            reason: ai::reasons::RECONCILING.to_owned(),
-            message: format!("reconciling generation {}", generation.unwrap_or_default()),
-            warning: false,
-            key: EventKey::Generation(generation.unwrap_or_default()),
-        });
-    }
-
-    let mut set = |type_: &str, (st, reason, msg): (ConditionStatus, &'static str, String)| {
-        let before = find_condition(&status.conditions, type_).map(|c| c.status.clone());
-        let t = set_condition(
+    for (type_, (st, reason, msg)) in conditions {
+        set_condition(
             &mut status.conditions,
             new_condition(type_, st, reason, msg, generation, now),
             now,
         );
-        let became_true = st == ConditionStatus::True && before.as_deref() != Some("True");
-        (t, became_true)
+    }
+    let child = match (
+        current.helm_release.as_ref().and_then(|r| r.revision),
+        release.as_ref().and_then(|r| r.revision),
+    ) {
+        (Some(from), Some(to)) if to > from => Some(ChildChange::HelmReleaseUpgraded {
+            from,
+            to,
+            chart_version: release
+                .as_ref()
+                .and_then(|r| r.chart_version.clone())
+                .unwrap_or_default(),
+        }),
+        _ => None,
     };
-    let (_, ready_became_true) = set(ai::READY, verdict.ready.clone());
-    let (_, failed_became_true) = set(ai::FAILED, verdict.failed.clone());
-    set(ai::RECONCILING, verdict.reconciling.clone());
-
-    let old_revision = current.helm_release.as_ref().and_then(|r| r.revision);
-    let new_revision = verdict.release.as_ref().and_then(|r| r.revision);
-    if let (Some(old), Some(new)) = (old_revision, new_revision)
-        && new > old
-    {
-        let version = verdict
-            .release
-            .as_ref()
-            .and_then(|r| r.chart_version.clone())
-            .unwrap_or_default();
-        events.push(PlannedEvent {
-            event_reason: events::HELM_RELEASE_UPGRADED,
-            reason: flux::reasons::UPGRADE_SUCCEEDED.to_owned(),
-            message: format!(
-                "HelmRelease moved from revision {old} to {new} (chart version {version})"
-            ),
-            warning: false,
-            key: EventKey::Revision(new),
-        });
-    }
-    status.helm_release = verdict.release;
-
-    let transition_time = |type_: &str| {
-        find_condition(&status.conditions, type_)
-            .map(|c: &Condition| c.last_transition_time.clone())
-            .unwrap_or_else(|| now.clone())
-    };
-    if ready_became_true {
-        events.push(PlannedEvent {
-            event_reason: events::RECONCILE_SUCCEEDED,
-            reason: verdict.ready.1.to_owned(),
-            message: verdict.ready.2.clone(),
-            warning: false,
-            key: EventKey::Transition(generation.unwrap_or_default(), transition_time(ai::READY)),
-        });
-    }
-    if failed_became_true {
-        events.push(PlannedEvent {
-            event_reason: events::RECONCILE_FAILED,
-            reason: verdict.failed.1.to_owned(),
-            message: verdict.failed.2.clone(),
-            warning: true,
-            key: EventKey::Transition(generation.unwrap_or_default(), transition_time(ai::FAILED)),
-        });
-    }
+    status.helm_release = release;
+    let transitions = transitions::announce(
+        Announced::ApplicationInstance,
+        generation.unwrap_or_default(),
+        StatusView {
+            observed_generation: current.observed_generation,
+            conditions: &current.conditions,
+        },
+        StatusView {
+            observed_generation: status.observed_generation,
+            conditions: &status.conditions,
+        },
+        child.as_ref(),
+        &mut status.transitions,
+        now,
+    );
     let changed = status != current;
     StatusPlan {
         status,
         changed,
-        events,
-        waiting: verdict.waiting,
+        transitions,
+        waiting,
     }
 }
 
@@ -502,6 +659,7 @@ mod tests {
     use super::*;
     use k8s_openapi::jiff::Timestamp;
     use serde_json::json;
+    use vworkspace_api::conditions::{EventType, errors, events};
 
     fn at(second: i64) -> Time {
         Time(Timestamp::from_second(1_780_000_000 + second).expect("valid time"))
@@ -561,8 +719,8 @@ mod tests {
         )
     }
 
-    fn reasons(plan: &StatusPlan) -> Vec<&'static str> {
-        plan.events.iter().map(|e| e.event_reason).collect()
+    fn reasons(plan: &StatusPlan) -> Vec<&str> {
+        plan.transitions.iter().map(|t| t.kind.as_str()).collect()
     }
 
     fn status_of(plan: &StatusPlan, type_: &str) -> (String, String) {
@@ -623,7 +781,10 @@ mod tests {
         assert!(!plan.waiting);
 
         let again = step(&mut obj, &ready, &at(9));
-        assert!(again.events.is_empty(), "a no-op reconcile emits nothing");
+        assert!(
+            again.transitions.is_empty(),
+            "a no-op reconcile emits nothing"
+        );
         assert!(!again.changed, "a no-op reconcile writes nothing");
     }
 
@@ -656,15 +817,27 @@ mod tests {
             reasons(&plan),
             [events::HELM_RELEASE_UPGRADED, events::RECONCILE_SUCCEEDED]
         );
-        assert_eq!(plan.events[0].key, EventKey::Revision(2));
-        // Both generations' outcomes can fall in one second; their keys still differ, so
+        assert_eq!(plan.transitions[0].generation, 2);
+        // Both generations' outcomes can fall in one second; their ids still differ, so
         // the second ReconcileSucceeded is never deduplicated into the first.
-        assert!(matches!(
-            installed.events[1].key,
-            EventKey::Transition(1, _)
-        ));
-        assert!(matches!(plan.events[1].key, EventKey::Transition(2, _)));
-        assert_ne!(installed.events[1].key, plan.events[1].key);
+        assert_eq!(installed.transitions[1].kind, events::RECONCILE_SUCCEEDED);
+        assert_ne!(
+            installed.transitions[1].event_id("c", "uid-1"),
+            plan.transitions[1].event_id("c", "uid-1")
+        );
+        // The ids just published are recorded in status and recompute from it alone.
+        for published in &plan.transitions {
+            let recorded = plan
+                .status
+                .transitions
+                .iter()
+                .find(|r| r.kind == published.kind)
+                .expect("recorded");
+            assert_eq!(
+                recorded.event_id("c", "uid-1"),
+                published.event_id("c", "uid-1")
+            );
+        }
     }
 
     #[test]
@@ -700,9 +873,9 @@ mod tests {
         );
         let plan = step(&mut obj, &failed, &at(3));
         assert_eq!(reasons(&plan), [events::RECONCILE_FAILED]);
-        assert!(plan.events[0].warning);
+        assert_eq!(plan.transitions[0].event_type, EventType::Warning);
         assert_eq!(
-            plan.events[0].message,
+            plan.transitions[0].message,
             "Helm upgrade failed: hook timed out"
         );
         assert_eq!(
@@ -738,7 +911,13 @@ mod tests {
             status_of(&plan, ai::FAILED),
             ("True".into(), ai::reasons::INVALID_SPEC.into())
         );
-        assert_eq!(plan.events[1].message, "spec.chart.version is blank");
+        assert!(
+            plan.transitions[1]
+                .message
+                .starts_with("spec.chart.version \" \" is not a semver"),
+            "{}",
+            plan.transitions[1].message
+        );
     }
 
     #[test]
@@ -767,7 +946,7 @@ mod tests {
         let (_, reason) = status_of(&plan, ai::FAILED);
         assert_eq!(reason, ai::reasons::VALUES_SOURCE_MISSING);
         assert_eq!(
-            plan.events[1].message,
+            plan.transitions[1].message,
             "values source not found: Secret nextcloud-secrets"
         );
         let mut optional = obj.clone();
@@ -802,7 +981,7 @@ mod tests {
     fn children_are_owned_and_pass_values_from_through() {
         let obj = instance(1, "1.0.0");
         let spec = validate(&obj).expect("valid");
-        let (repo, hr) = desired_children(&obj, &spec);
+        let (repo, hr) = desired_children(&spec);
         for meta in [&repo.metadata, &hr.metadata] {
             let owner = &meta.owner_references.as_ref().expect("owned")[0];
             assert_eq!(
@@ -829,5 +1008,127 @@ mod tests {
             hr.spec.values.as_ref().and_then(|v| v.get("replicas")),
             Some(&json!(2))
         );
+    }
+
+    #[test]
+    fn a_retried_error_shows_on_reconciling_and_clears_on_success() {
+        let mut obj = instance(1, "1.0.0");
+        let ready = step(&mut obj, &installed_release(), &at(0));
+        assert_eq!(status_of(&ready, ai::READY).0, "True");
+        let plan = plan_error(
+            &obj,
+            errors::APPLY_FORBIDDEN,
+            "applying HelmRelease nextcloud: forbidden",
+            false,
+            &at(1),
+        );
+        assert_eq!(reasons(&plan), [errors::APPLY_FORBIDDEN]);
+        assert_eq!(plan.transitions[0].event_type, EventType::Warning);
+        assert_eq!(
+            status_of(&plan, ai::RECONCILING),
+            ("True".into(), errors::APPLY_FORBIDDEN.into())
+        );
+        assert_eq!(status_of(&plan, ai::READY).0, "True", "the app still runs");
+        obj.status = Some(plan.status.clone());
+        // The same error again: nothing new to announce, nothing to write.
+        let again = plan_error(
+            &obj,
+            errors::APPLY_FORBIDDEN,
+            "applying HelmRelease nextcloud: forbidden",
+            false,
+            &at(2),
+        );
+        assert!(again.transitions.is_empty() && !again.changed);
+        // Fixed: the next successful reconcile clears the reason.
+        let fixed = step(&mut obj, &installed_release(), &at(3));
+        assert_eq!(
+            status_of(&fixed, ai::RECONCILING),
+            ("False".into(), ai::reasons::RECONCILE_SUCCEEDED.into())
+        );
+        assert!(fixed.transitions.is_empty(), "Ready never left True");
+    }
+
+    #[test]
+    fn a_terminal_error_fails_the_instance() {
+        let obj = instance(1, "1.0.0");
+        let plan = plan_error(&obj, errors::APPLY_REJECTED, "422: invalid", true, &at(0));
+        assert_eq!(
+            reasons(&plan),
+            [events::RECONCILE_STARTED, errors::APPLY_REJECTED]
+        );
+        assert_eq!(
+            status_of(&plan, ai::FAILED),
+            ("True".into(), errors::APPLY_REJECTED.into())
+        );
+        assert_eq!(status_of(&plan, ai::READY).0, "False");
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        type Mutation = Box<dyn Fn(&mut ApplicationInstance)>;
+        let cases: Vec<(&str, Mutation)> = vec![
+            (
+                "metadata.name",
+                Box::new(|o| o.metadata.name = Some("n".repeat(64))),
+            ),
+            (
+                "spec.chart.version",
+                Box::new(|o| o.spec.chart.version = "latest".into()),
+            ),
+            (
+                "spec.chart.name",
+                Box::new(|o| o.spec.chart.name = "../etc".into()),
+            ),
+            (
+                "spec.chart.name",
+                Box::new(|o| o.spec.chart.name = "a/b".into()),
+            ),
+            (
+                "spec.interval",
+                Box::new(|o| {
+                    o.spec.interval = vworkspace_api::GoDuration::parse("0s").expect("parses");
+                }),
+            ),
+            (
+                "spec.valuesFrom[0].name",
+                Box::new(|o| o.spec.values_from[0].name = "Not_A_Name".into()),
+            ),
+            ("metadata.uid", Box::new(|o| o.metadata.uid = None)),
+        ];
+        for (field, mutate) in cases {
+            let mut obj = instance(1, "1.0.0");
+            mutate(&mut obj);
+            let err = validate(&obj).expect_err(field).to_string();
+            assert!(err.contains(field), "{field}: {err}");
+        }
+        let mut range = instance(1, ">=1.0.0 <2.0.0");
+        assert!(validate(&range).is_ok());
+        range.spec.chart.version = " 1.2.3 ".into();
+        assert_eq!(validate(&range).expect("trimmed").version, "1.2.3");
+    }
+
+    #[test]
+    fn a_child_that_already_holds_the_desired_state_is_not_applied_again() {
+        let obj = instance(1, "1.0.0");
+        let spec = validate(&obj).expect("valid");
+        let (repo, hr) = desired_children(&spec);
+        let mut live = hr.clone();
+        live.metadata.resource_version = Some("42".into());
+        live.metadata
+            .labels
+            .get_or_insert_default()
+            .insert("extra".into(), "x".into());
+        live.status = Some(Default::default());
+        assert!(child_up_to_date(&hr, &live));
+        assert!(child_up_to_date(&repo, &repo.clone()));
+        let mut drifted = live.clone();
+        drifted.spec.suspend = Some(true);
+        assert!(!child_up_to_date(&hr, &drifted), "spec drift is re-applied");
+        let mut unowned = live.clone();
+        unowned.metadata.owner_references = None;
+        assert!(!child_up_to_date(&hr, &unowned));
+        let mut unlabelled = live;
+        unlabelled.metadata.labels = None;
+        assert!(!child_up_to_date(&hr, &unlabelled));
     }
 }

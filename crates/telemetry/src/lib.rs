@@ -18,7 +18,8 @@
 //! use vworkspace_telemetry::health::{BindAddress, Health, serve_metrics};
 //! use vworkspace_telemetry::logging::{self, LogOptions};
 //! use vworkspace_telemetry::metrics::{
-//!     LeaderElectionMetrics, OperatorMetrics, ProcessCollector, RestClientMetrics,
+//!     AgentMetrics, ClusterMetrics, Engine, LeaderElectionMetrics, OperationMetrics,
+//!     OperationType, ProcessCollector, ReconcileMetrics, RestClientMetrics,
 //! };
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -32,7 +33,14 @@
 //! })?;
 //!
 //! let mut registry = Registry::default();
-//! let operator = OperatorMetrics::register(&mut registry);
+//! // The spec's vworkspace_operator_* metrics, one set per owner.
+//! let reconcile = ReconcileMetrics::register(&mut registry);
+//! // main passes the operation catalog's pairs,
+//! // `vworkspace_reconcile::catalog::builtin().kinds()`, mapped through `as_str().parse()`.
+//! let kinds = [(OperationType::Backup, Engine::Velero), (OperationType::Restore, Engine::Velero)];
+//! let operation = OperationMetrics::register(&mut registry, kinds);
+//! let agent = AgentMetrics::register(&mut registry);
+//! let cluster = ClusterMetrics::register(&mut registry);
 //! // (the operator's runtime registers controller_runtime_* and workqueue_* here too)
 //! let leader = LeaderElectionMetrics::register(&mut registry, "vworkspace-operator");
 //! let rest = RestClientMetrics::register(&mut registry);
@@ -56,7 +64,8 @@
 //! let shutdown = || async { let _ = tokio::signal::ctrl_c().await; };
 //! tokio::spawn(serve_metrics(metrics_addr, registry, shutdown()));
 //! tokio::spawn(health.serve(probe_addr, shutdown()));
-//! # let _ = (operator, leader, client, crds, rbac, informers, controlplane);
+//! # let _ = (reconcile, operation, agent, cluster, leader, client);
+//! # let _ = (crds, rbac, informers, controlplane);
 //! # Ok(())
 //! # }
 //! ```

@@ -141,7 +141,7 @@ pub enum LogError {
     #[error("invalid log encoder {0:?}: expected json or console")]
     InvalidEncoder(String),
     /// `RUST_LOG` (or [`LogOptions::filter`]) does not parse.
-    #[error("invalid log filter {filter:?}: {source}")]
+    #[error("invalid log filter {filter:?}")]
     InvalidFilter {
         /// The offending directives.
         filter: String,
@@ -150,7 +150,7 @@ pub enum LogError {
         source: tracing_subscriber::filter::ParseError,
     },
     /// A global subscriber is already installed.
-    #[error("a global tracing subscriber is already installed: {0}")]
+    #[error("a global tracing subscriber is already installed")]
     AlreadyInitialised(#[from] tracing_subscriber::util::TryInitError),
 }
 

@@ -91,6 +91,44 @@ impl TestEnv {
         Ok(name)
     }
 
+    /// A kubeconfig that authenticates as service account `ns/name` (created if missing)
+    /// with a fresh bound token: how a test runs the operator under an identity with
+    /// exactly the permissions it grants (RBAC is the test's to write).
+    pub async fn kubeconfig_for_service_account(&self, ns: &str, name: &str) -> Result<PathBuf> {
+        let sas: Api<ServiceAccount> = Api::namespaced(self.client.clone(), ns);
+        if sas.get_opt(name).await?.is_none() {
+            let sa: ServiceAccount =
+                serde_json::from_value(serde_json::json!({ "metadata": { "name": name } }))?;
+            sas.create(&PostParams::default(), &sa).await?;
+        }
+        let request: k8s_openapi::api::authentication::v1::TokenRequest =
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "authentication.k8s.io/v1",
+                "kind": "TokenRequest",
+                "spec": { "expirationSeconds": 3600 }
+            }))?;
+        let token = sas
+            .create_token_request(name, &PostParams::default(), &request)
+            .await
+            .with_context(|| format!("requesting a token for {ns}/{name}"))?
+            .status
+            .map(|s| s.token)
+            .context("the token request returned no token")?;
+        let admin = std::fs::read_to_string(&self.kubeconfig)
+            .with_context(|| format!("reading {}", self.kubeconfig.display()))?;
+        let mut kc: serde_json::Value = serde_yaml::from_str(&admin)?;
+        kc["users"] = serde_json::json!([{ "name": "sa", "user": { "token": token } }]);
+        if let Some(contexts) = kc["contexts"].as_array_mut() {
+            for context in contexts {
+                context["context"]["user"] = serde_json::json!("sa");
+            }
+        }
+        let path = std::env::temp_dir().join(format!("vws-sa-{ns}-{name}.kubeconfig"));
+        std::fs::write(&path, serde_yaml::to_string(&kc)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        Ok(path)
+    }
+
     /// The built kubectl, pointed at the shared cluster.
     pub fn kubectl(&self) -> Command {
         let mut cmd = Command::new(self.bin_dir.join("kubectl"));

@@ -223,12 +223,3 @@ fn body(response: &str) -> String {
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default()
 }
-
-/// The value of one sample line `name{labels} value` in Prometheus text; labels must
-/// match exactly as exposed (alphabetical order). `None` when absent.
-pub fn sample(metrics: &str, series: &str) -> Option<f64> {
-    metrics.lines().find_map(|line| {
-        let (key, value) = line.rsplit_once(' ')?;
-        (key == series).then(|| value.parse().ok()).flatten()
-    })
-}

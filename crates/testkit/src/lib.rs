@@ -11,6 +11,8 @@
 //!   them again (on drop, on error, and when the parent dies).
 //! * [`env`] is what tests use: the one shared cluster of a test run and a fresh
 //!   namespace per test.
+//! * [`prom`] parses the Prometheus text exposition the operator serves (the one
+//!   parser tests, the demo and the benchmark share).
 //!
 //! Invariant: a [`cluster::LocalCluster`] owns its processes. Dropping it, or calling
 //! [`cluster::LocalCluster::stop`], leaves no process behind that was started for it.
@@ -21,6 +23,7 @@ pub mod env;
 pub mod fixtures;
 pub mod pki;
 mod probe;
+pub mod prom;
 pub mod sim;
 
 pub use http;

@@ -1,12 +1,20 @@
 //! The ApplicationInstance controller: I/O around the pure pipeline in
 //! `vworkspace_reconcile::application_instance`.
 //!
-//! observe (the instance from cache; which `valuesFrom` sources exist — metadata only,
-//! a Secret's data is never fetched) → validate (pure) → plan children (pure) → apply
-//! (server-side apply, field manager `vworkspace-operator`) → plan status from the
-//! HelmRelease the apply returned (pure) → write status if it changed → publish the
-//! transitions. Deletion needs no work: the children carry controller owner
-//! references and the garbage collector removes them.
+//! observe (the instance; which `valuesFrom` sources exist — metadata only, a Secret's
+//! data is never fetched) → validate (pure) → plan children (pure) → apply (server-side
+//! apply, field manager `vworkspace-operator`) → plan status and transitions from the
+//! HelmRelease the apply returned (pure) → publish the transitions → persist the status.
+//!
+//! Publishing comes before persisting on purpose: the transitions are recorded in the
+//! status being written, and their ids depend only on the status before, so a crash or a
+//! failed status write in between makes the next reconcile publish the same ids again —
+//! which the publisher turns into no-ops — instead of losing the transition.
+//!
+//! A reconcile that fails is reported on the object ([`report_error`]): a condition with
+//! the error's category as reason and the error chain as message, and the Warning Event
+//! the transition model announces for it. Deletion needs no work: the children carry
+//! controller owner references and the garbage collector removes them.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,14 +26,14 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use tracing::Instrument;
-use vworkspace_api::EventSubject;
 use vworkspace_api::application_instance::{ApplicationInstance, ValuesSourceKind};
+use vworkspace_api::conditions::errors;
 use vworkspace_api::labels::FIELD_MANAGER_OPERATOR;
 use vworkspace_api::thirdparty::flux::{HelmRelease, HelmRepository};
-use vworkspace_reconcile::application_instance::{self as plan, EventKey, Observed, PlannedEvent};
+use vworkspace_reconcile::application_instance::{self as plan, Observed, StatusPlan};
 use vworkspace_runtime::{Action, ErrorCategory, Event};
 
-use crate::publisher::{Announcement, Publisher};
+use crate::publisher::{AuditContext, Publisher};
 
 /// Name of this controller (metric label, log field).
 pub const NAME: &str = "applicationinstance";
@@ -41,11 +49,12 @@ pub struct Context {
     pub publisher: Publisher,
 }
 
-/// Reconcile failures. Each has a stable category (metric label and log field).
+/// Reconcile failures. Each has a stable category (metric label, condition reason and
+/// Event reason); `Display` says what was being done, the source says why.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Applying a child failed.
-    #[error("applying {kind} {name}: {source}")]
+    #[error("applying {kind} {name}")]
     Apply {
         /// Kind of the child.
         kind: &'static str,
@@ -55,7 +64,7 @@ pub enum Error {
         source: kube::Error,
     },
     /// Reading a values source's metadata failed.
-    #[error("checking {kind} {name}: {source}")]
+    #[error("checking whether {kind} {name} exists")]
     Lookup {
         /// Secret or ConfigMap.
         kind: &'static str,
@@ -65,25 +74,42 @@ pub enum Error {
         source: kube::Error,
     },
     /// Writing status failed.
-    #[error("writing status: {0}")]
+    #[error("writing the status")]
     Status(#[source] kube::Error),
     /// Reading the instance failed.
-    #[error("reading the instance: {0}")]
+    #[error("reading the instance")]
     Read(#[source] kube::Error),
+}
+
+fn api_code(err: &kube::Error) -> Option<u16> {
+    match err {
+        kube::Error::Api(status) => Some(status.code),
+        _ => None,
+    }
 }
 
 impl ErrorCategory for Error {
     fn category(&self) -> &'static str {
         match self {
-            Self::Apply { .. } => "ApplyFailed",
-            Self::Lookup { .. } => "LookupFailed",
-            Self::Status(_) => "StatusWriteFailed",
-            Self::Read(_) => "ReadFailed",
+            Self::Apply { source, .. } => match api_code(source) {
+                Some(403) => errors::APPLY_FORBIDDEN,
+                Some(400 | 422) => errors::APPLY_REJECTED,
+                _ => errors::APPLY_FAILED,
+            },
+            Self::Lookup { .. } => errors::LOOKUP_FAILED,
+            Self::Status(_) => errors::STATUS_WRITE_FAILED,
+            Self::Read(_) => errors::READ_FAILED,
         }
+    }
+
+    /// The API server calling the child invalid does not change by retrying; a new
+    /// generation of the instance (or a new event) reconciles it again.
+    fn is_terminal(&self) -> bool {
+        self.category() == errors::APPLY_REJECTED
     }
 }
 
-/// Reconcile one ApplicationInstance.
+/// Reconcile one ApplicationInstance; a failure is also reported on the object.
 pub async fn reconcile(
     event: Event<ApplicationInstance>,
     ctx: Arc<Context>,
@@ -93,18 +119,54 @@ pub async fn reconcile(
         return Ok(Action::Done);
     };
     let span = tracing::info_span!("application_instance", application_instance = %obj.name_any());
-    reconcile_instance(obj, ctx).instrument(span).await
+    async move {
+        let result = reconcile_instance(&obj, &ctx).await;
+        if let Err(err) = &result {
+            report_error(
+                &ctx,
+                &obj,
+                err.category(),
+                &error_chain(err),
+                err.is_terminal(),
+            )
+            .await;
+        }
+        result
+    }
+    .instrument(span)
+    .await
 }
 
-async fn reconcile_instance(
-    cached: Arc<ApplicationInstance>,
-    ctx: Arc<Context>,
-) -> Result<Action, Error> {
+/// `err` and its sources, each once, joined with ": " (never a secret: messages name
+/// objects and API statuses only). An API error reads as the server's message with its
+/// reason and code, not as kube's debug dump of the whole status object.
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(cause) = next {
+        let text = match cause.downcast_ref::<kube::Error>() {
+            Some(kube::Error::Api(status)) => {
+                format!("{} ({} {})", status.message, status.code, status.reason)
+            }
+            _ => cause.to_string(),
+        };
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        next = match cause.downcast_ref::<kube::Error>() {
+            // The status is the whole story; its own sources repeat it.
+            Some(kube::Error::Api(_)) => None,
+            _ => cause.source(),
+        };
+    }
+    parts.join(": ")
+}
+
+async fn reconcile_instance(cached: &ApplicationInstance, ctx: &Context) -> Result<Action, Error> {
     let namespace = cached.namespace().unwrap_or_default();
     let name = cached.name_any();
     // Decide on a fresh read, not the cache: a HelmRelease event can arrive before the
-    // watch has delivered our own last status write, and deciding on that stale status
-    // would repeat or lose a transition (and its Event).
+    // watch has delivered our own last status write.
     let api: Api<ApplicationInstance> = Api::namespaced(ctx.client.clone(), &namespace);
     let Some(obj) = api.get_opt(&name).await.map_err(Error::Read)? else {
         return Ok(Action::Done);
@@ -130,7 +192,7 @@ async fn reconcile_instance(
                     .any(|(kind, name)| *kind == s.kind && *name == s.name)
             });
             if missing.is_empty() {
-                let (repository, release) = plan::desired_children(&obj, &spec);
+                let (repository, release) = plan::desired_children(&spec);
                 apply(&ctx.client, &namespace, &repository).await?;
                 let live = apply(&ctx.client, &namespace, &release).await?;
                 plan::plan_status(
@@ -146,20 +208,7 @@ async fn reconcile_instance(
             }
         }
     };
-
-    if status_plan.changed {
-        api.patch_status(
-            &name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "status": status_plan.status })),
-        )
-        .await
-        .map_err(Error::Status)?;
-    }
-    let uid = obj.uid().unwrap_or_default();
-    for event in &status_plan.events {
-        announce(&ctx.publisher, &obj, &uid, event).await;
-    }
+    publish_and_persist(ctx, &api, &obj, &status_plan).await?;
     tracing::info!(
         changed = status_plan.changed,
         waiting = status_plan.waiting,
@@ -172,42 +221,78 @@ async fn reconcile_instance(
     })
 }
 
-async fn announce(
-    publisher: &Publisher,
+/// Publish the plan's transitions, then persist the status that records them.
+async fn publish_and_persist(
+    ctx: &Context,
+    api: &Api<ApplicationInstance>,
     obj: &ApplicationInstance,
-    uid: &str,
-    event: &PlannedEvent,
-) {
-    let subject = match &event.key {
-        EventKey::Generation(generation) => EventSubject::Generation {
-            uid,
-            generation: *generation,
-        },
-        EventKey::Revision(revision) => EventSubject::Revision {
-            uid,
-            revision: *revision,
-        },
-        EventKey::Transition(generation, at) => EventSubject::GenerationTransition {
-            uid,
-            generation: *generation,
-            at,
-        },
-    };
+    status_plan: &StatusPlan,
+) -> Result<(), Error> {
     let name = obj.name_any();
-    publisher
-        .publish(
-            obj,
-            &Announcement {
-                event_reason: event.event_reason,
-                reason: &event.reason,
-                message: &event.message,
-                warning: event.warning,
-                action: "Reconcile",
-                subject,
-                application_instance: Some(&name),
-            },
+    for record in &status_plan.transitions {
+        ctx.publisher
+            .publish(
+                obj,
+                record,
+                "Reconcile",
+                AuditContext {
+                    application_instance: Some(&name),
+                    operation_id: None,
+                },
+            )
+            .await;
+    }
+    if status_plan.changed {
+        write_status(api, &name, status_plan).await?;
+    }
+    Ok(())
+}
+
+async fn write_status(
+    api: &Api<ApplicationInstance>,
+    name: &str,
+    status_plan: &StatusPlan,
+) -> Result<ApplicationInstance, Error> {
+    let body = json!({
+        "apiVersion": vworkspace_api::API_VERSION,
+        "kind": "ApplicationInstance",
+        "status": status_plan.status,
+    });
+    let written = api
+        .patch_status(
+            name,
+            &PatchParams::apply(FIELD_MANAGER_OPERATOR).force(),
+            &Patch::Apply(&body),
         )
-        .await;
+        .await
+        .map_err(Error::Status)?;
+    tracing::info!("status written");
+    Ok(written)
+}
+
+/// Put a failed reconcile on the object: the error condition and its Warning Event. The
+/// status is read fresh, so the transitions derive from what is persisted.
+async fn report_error(
+    ctx: &Context,
+    cached: &ApplicationInstance,
+    category: &'static str,
+    message: &str,
+    terminal: bool,
+) {
+    let api: Api<ApplicationInstance> =
+        Api::namespaced(ctx.client.clone(), &cached.namespace().unwrap_or_default());
+    let obj = match api.get_opt(&cached.name_any()).await {
+        Ok(Some(obj)) => obj,
+        Ok(None) => return,
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot read the instance to report the error on it");
+            return;
+        }
+    };
+    let status_plan = plan::plan_error(&obj, category, message, terminal, &Time(Timestamp::now()));
+    if let Err(err) = publish_and_persist(ctx, &api, &obj, &status_plan).await {
+        tracing::warn!(error = %error_chain(&err), "cannot report the error on the instance");
+    }
 }
 
 /// Whether a values source exists. Only metadata is read: the operator never loads a
@@ -253,20 +338,16 @@ impl Child for HelmRelease {
     const KIND: &'static str = "HelmRelease";
 }
 
+/// Server-side apply of the typed child (kube-derive writes apiVersion and kind; the
+/// desired child has no status).
 async fn apply<C: Child>(client: &Client, namespace: &str, child: &C) -> Result<C, Error> {
     let name = child.name_any();
     let api: Api<C> = Api::namespaced(client.clone(), namespace);
-    let mut body = serde_json::to_value(child).unwrap_or_default();
-    if let Some(obj) = body.as_object_mut() {
-        obj.insert("apiVersion".into(), json!(C::api_version(&())));
-        obj.insert("kind".into(), json!(C::kind(&())));
-        obj.remove("status");
-    }
     let applied = api
         .patch(
             &name,
             &PatchParams::apply(FIELD_MANAGER_OPERATOR).force(),
-            &Patch::Apply(body),
+            &Patch::Apply(child),
         )
         .await
         .map_err(|source| Error::Apply {

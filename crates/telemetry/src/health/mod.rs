@@ -449,7 +449,7 @@ async fn readyz_one(State(health): State<Health>, Path(name): Path<String>) -> R
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     /// The address could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Bind {
         /// The configured address.
         addr: String,
@@ -458,7 +458,7 @@ pub enum ServeError {
         source: io::Error,
     },
     /// The server stopped with an I/O error.
-    #[error("server failed: {0}")]
+    #[error("the server stopped")]
     Serve(#[source] io::Error),
 }
 

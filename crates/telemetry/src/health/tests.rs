@@ -12,7 +12,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use super::*;
-use crate::metrics::{Controller, OperatorMetrics, ReconcileResult};
+use crate::metrics::{Controller, ReconcileMetrics, ReconcileResult};
 
 struct Reply {
     status: u16,
@@ -274,7 +274,7 @@ async fn async_checks_time_out_and_panics_fail() {
 #[tokio::test]
 async fn metrics_are_served_while_unready() {
     let mut registry = Registry::default();
-    let metrics = OperatorMetrics::register(&mut registry);
+    let metrics = ReconcileMetrics::register(&mut registry);
     metrics.record_reconcile(
         Controller::Cluster,
         ReconcileResult::Success,

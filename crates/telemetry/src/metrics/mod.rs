@@ -5,7 +5,18 @@
 //!
 //! Each component registers its own metrics into one
 //! [`prometheus_client::registry::Registry`] owned by `main`, then `main` hands the
-//! registry (behind an `Arc`) to [`crate::health::serve_metrics`].
+//! registry (behind an `Arc`) to [`crate::health::serve_metrics`]. The spec's nine
+//! `vworkspace_operator_*` metrics come in four sets, one per owner, registered once each:
+//!
+//! | set | owner | metrics |
+//! |---|---|---|
+//! | [`ReconcileMetrics`] | the controllers' reconcile hook | `reconcile_total`, `reconcile_duration_seconds` |
+//! | [`OperationMetrics`] | the Operation controller | `operation_total` (zero-initialised for the catalog's (type, engine) pairs) |
+//! | [`AgentMetrics`] | the control-plane agent | `pull_job_lag_seconds`, `connectivity_state`, `applied_jobs_total`, `event_buffer_occupancy`, `credential_age_seconds` |
+//! | [`ClusterMetrics`] | the Cluster controller | `managed_namespaces` |
+//!
+//! Registering the same set twice into one registry would expose a family twice, which
+//! Prometheus rejects; `main` registers each set exactly once and clones the handles.
 //!
 //! Invariants every type in this module upholds:
 //!
@@ -25,21 +36,28 @@
 //! - Metric handles are cheap to clone (they are `Arc`s inside) and safe to use from
 //!   any task.
 
+mod agent;
+mod cluster;
 mod labels;
 mod leader_election;
-mod operator;
+mod operation;
 mod process;
+mod reconcile;
 mod rest_client;
 
+use prometheus_client::metrics::family::{Family, MetricConstructor};
 use prometheus_client::registry::Registry;
 
+pub use agent::AgentMetrics;
+pub use cluster::ClusterMetrics;
 pub use labels::{
     ConnectivityMode, ConnectivityState, Controller, Engine, OperationOutcome, OperationType,
     ParseLabelError, ReconcileResult,
 };
 pub use leader_election::LeaderElectionMetrics;
-pub use operator::{CATALOG_OPERATION_KINDS, OperatorMetrics, RECONCILE_DURATION_BUCKETS};
+pub use operation::OperationMetrics;
 pub use process::ProcessCollector;
+pub use reconcile::{RECONCILE_DURATION_BUCKETS, ReconcileMetrics};
 pub use rest_client::{
     RestClientMetrics, RestClientMetricsLayer, RestClientMetricsService, RestClientResponseFuture,
 };
@@ -65,6 +83,21 @@ pub fn encode(registry: &Registry) -> String {
         out.clear();
     }
     out
+}
+
+/// Creates the series for `labels` (at the metric's initial value) if it does not exist.
+fn init_series<S, M, C>(family: &Family<S, M, C>, labels: &S)
+where
+    S: Clone + std::hash::Hash + Eq,
+    C: MetricConstructor<M>,
+{
+    // The returned read guard is released right away; only the insertion matters.
+    drop(family.get_or_create(labels));
+}
+
+/// A count as a gauge value (a `usize` beyond `i64::MAX` cannot occur in practice).
+fn saturating_i64(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]

@@ -8,31 +8,81 @@ use prometheus_client::registry::Registry;
 
 use super::*;
 
+/// The (type, engine) pairs of the built-in operation catalog, in catalog order, spelled
+/// as exposed: what `main` passes from `vworkspace_reconcile::catalog::builtin().kinds()`
+/// (that crate's tests pin the same nine pairs in the same order).
+const CATALOG_PAIRS: [(&str, &str); 9] = [
+    ("Backup", "velero"),
+    ("Restore", "velero"),
+    ("Backup", "volsync"),
+    ("Backup", "snapshot"),
+    ("Upgrade", "helm"),
+    ("Upgrade", "helmHookJob"),
+    ("Migration", "workflow"),
+    ("RunCommand", "job"),
+    ("Runbook", "workflow"),
+];
+
+/// [`CATALOG_PAIRS`] mapped through the label spellings, as `main` maps the catalog.
+fn catalog_kinds() -> Vec<(OperationType, Engine)> {
+    CATALOG_PAIRS
+        .iter()
+        .map(|(ty, engine)| {
+            (
+                ty.parse().expect("a type label"),
+                engine.parse().expect("an engine label"),
+            )
+        })
+        .collect()
+}
+
+/// The four sets of spec metrics, registered as `main` registers them.
+struct Spec {
+    reconcile: ReconcileMetrics,
+    operation: OperationMetrics,
+    agent: AgentMetrics,
+    cluster: ClusterMetrics,
+}
+
+impl Spec {
+    fn register(registry: &mut Registry) -> Self {
+        Spec {
+            reconcile: ReconcileMetrics::register(registry),
+            operation: OperationMetrics::register(registry, catalog_kinds()),
+            agent: AgentMetrics::register(registry),
+            cluster: ClusterMetrics::register(registry),
+        }
+    }
+}
+
 /// A registry with every metric family this crate provides, as `main` builds it.
 fn full_registry() -> Registry {
     let mut registry = Registry::default();
-    let operator = OperatorMetrics::register(&mut registry);
+    let spec = Spec::register(&mut registry);
     let leader = LeaderElectionMetrics::register(&mut registry, "vworkspace-operator-leader");
     let rest = RestClientMetrics::register(&mut registry);
     registry.register_collector(Box::new(ProcessCollector::new()));
 
     // Exercise everything once so the families whose series appear lazily are present.
-    operator.record_reconcile(
+    spec.reconcile.record_reconcile(
         Controller::ApplicationInstance,
         ReconcileResult::Success,
         Duration::from_millis(30),
     );
-    operator.record_operation(
+    spec.operation.record_operation(
         OperationType::Backup,
         Engine::Velero,
         OperationOutcome::Succeeded,
     );
-    operator.set_connectivity(ConnectivityMode::Pull, ConnectivityState::Connected);
-    operator.set_credential_updated_at(SystemTime::now() - Duration::from_secs(3600));
-    operator.set_oldest_pending_job(Some(SystemTime::now() - Duration::from_secs(2)));
-    operator.inc_applied_jobs();
-    operator.set_event_buffer_occupancy(3);
-    operator.set_managed_namespaces(2);
+    spec.agent
+        .set_connectivity(ConnectivityMode::Pull, ConnectivityState::Connected);
+    spec.agent
+        .set_credential_updated_at(SystemTime::now() - Duration::from_secs(3600));
+    spec.agent
+        .set_oldest_pending_job(Some(SystemTime::now() - Duration::from_secs(2)));
+    spec.agent.inc_applied_jobs();
+    spec.agent.set_event_buffer_occupancy(3);
+    spec.cluster.set_managed_namespaces(2);
     leader.set_leader(true);
     rest.record_status(200, http::Method::GET, "10.96.0.1:443");
     registry
@@ -54,7 +104,7 @@ fn assert_has(text: &str, expected: &[&str]) {
 #[test]
 fn spec_metric_names_types_and_help() {
     let mut registry = Registry::default();
-    OperatorMetrics::register(&mut registry);
+    Spec::register(&mut registry);
     let text = encode(&registry);
     assert_has(
         &text,
@@ -80,7 +130,7 @@ fn spec_metric_names_types_and_help() {
 #[test]
 fn counters_are_zero_initialised_for_every_known_label_value() {
     let mut registry = Registry::default();
-    OperatorMetrics::register(&mut registry);
+    Spec::register(&mut registry);
     let text = encode(&registry);
 
     let mut expected = Vec::new();
@@ -94,18 +144,7 @@ fn counters_are_zero_initialised_for_every_known_label_value() {
             "vworkspace_operator_reconcile_duration_seconds_count{{controller=\"{controller}\"}} 0"
         ));
     }
-    let pairs = [
-        ("Backup", "velero"),
-        ("Restore", "velero"),
-        ("Backup", "volsync"),
-        ("Backup", "snapshot"),
-        ("Upgrade", "helm"),
-        ("Upgrade", "helmHookJob"),
-        ("Migration", "workflow"),
-        ("RunCommand", "job"),
-        ("Runbook", "workflow"),
-    ];
-    for (ty, engine) in pairs {
+    for (ty, engine) in CATALOG_PAIRS {
         for outcome in ["succeeded", "failed", "cancelled", "blocked"] {
             expected.push(format!(
                 "vworkspace_operator_operation_total{{engine=\"{engine}\",outcome=\"{outcome}\",type=\"{ty}\"}} 0"
@@ -129,7 +168,7 @@ fn counters_are_zero_initialised_for_every_known_label_value() {
 #[test]
 fn reconcile_histogram_has_the_spec_buckets() {
     let mut registry = Registry::default();
-    let metrics = OperatorMetrics::register(&mut registry);
+    let metrics = ReconcileMetrics::register(&mut registry);
     metrics.record_reconcile(
         Controller::ApplicationInstance,
         ReconcileResult::Requeue,
@@ -184,19 +223,24 @@ fn reconcile_histogram_has_the_spec_buckets() {
 #[test]
 fn gauges_connectivity_and_ages() {
     let mut registry = Registry::default();
-    let metrics = OperatorMetrics::register(&mut registry);
-    metrics.set_connectivity(ConnectivityMode::Push, ConnectivityState::Reconnecting);
-    metrics.set_connectivity(ConnectivityMode::Pull, ConnectivityState::Disconnected);
-    metrics.set_event_buffer_occupancy(17);
-    metrics.set_managed_namespaces(4);
-    metrics.inc_applied_jobs();
-    metrics.record_operation(
+    let Spec {
+        operation,
+        agent,
+        cluster,
+        ..
+    } = Spec::register(&mut registry);
+    agent.set_connectivity(ConnectivityMode::Push, ConnectivityState::Reconnecting);
+    agent.set_connectivity(ConnectivityMode::Pull, ConnectivityState::Disconnected);
+    agent.set_event_buffer_occupancy(17);
+    cluster.set_managed_namespaces(4);
+    agent.inc_applied_jobs();
+    operation.record_operation(
         OperationType::Restore,
         Engine::Velero,
         OperationOutcome::Failed,
     );
-    metrics.set_credential_updated_at(SystemTime::now() - Duration::from_secs(7200));
-    metrics.set_oldest_pending_job(Some(SystemTime::now() - Duration::from_secs(90)));
+    agent.set_credential_updated_at(SystemTime::now() - Duration::from_secs(7200));
+    agent.set_oldest_pending_job(Some(SystemTime::now() - Duration::from_secs(90)));
     let text = encode(&registry);
     assert_has(
         &text,
@@ -222,10 +266,132 @@ fn gauges_connectivity_and_ages() {
     let lag = value("vworkspace_operator_pull_job_lag_seconds");
     assert!((90.0..100.0).contains(&lag), "pull lag {lag}");
 
-    metrics.set_oldest_pending_job(None);
+    agent.set_oldest_pending_job(None);
     assert_has(
         &encode(&registry),
         &["vworkspace_operator_pull_job_lag_seconds 0.0"],
+    );
+}
+
+/// The `# HELP` / `# TYPE` lines the single `OperatorMetrics` set exposed before it was
+/// split into owner-registered sets (captured from its exposition, with the two
+/// lazily-appearing families reported).
+const SPEC_FAMILIES: [&str; 18] = [
+    "# HELP vworkspace_operator_reconcile_total Reconciles per controller and outcome.",
+    "# TYPE vworkspace_operator_reconcile_total counter",
+    "# HELP vworkspace_operator_reconcile_duration_seconds Reconcile wall time in seconds per controller.",
+    "# TYPE vworkspace_operator_reconcile_duration_seconds histogram",
+    "# HELP vworkspace_operator_operation_total Operation completions per type, engine and outcome.",
+    "# TYPE vworkspace_operator_operation_total counter",
+    "# HELP vworkspace_operator_pull_job_lag_seconds Age in seconds of the oldest job the operator has fetched but not yet applied.",
+    "# TYPE vworkspace_operator_pull_job_lag_seconds gauge",
+    "# HELP vworkspace_operator_connectivity_state Control-plane connectivity: 1 connected, 0 reconnecting, -1 disconnected.",
+    "# TYPE vworkspace_operator_connectivity_state gauge",
+    "# HELP vworkspace_operator_applied_jobs_total Pull-mode jobs applied successfully.",
+    "# TYPE vworkspace_operator_applied_jobs_total counter",
+    "# HELP vworkspace_operator_event_buffer_occupancy Current depth of the outbound audit-event buffer.",
+    "# TYPE vworkspace_operator_event_buffer_occupancy gauge",
+    "# HELP vworkspace_operator_managed_namespaces Namespaces labelled app.vworkspace.io/managed-by=vworkspace.",
+    "# TYPE vworkspace_operator_managed_namespaces gauge",
+    "# HELP vworkspace_operator_credential_age_seconds Seconds since the bootstrap credentials Secret was last updated or rotated.",
+    "# TYPE vworkspace_operator_credential_age_seconds gauge",
+];
+
+#[test]
+fn the_four_sets_expose_exactly_the_spec_families() {
+    let mut registry = Registry::default();
+    let spec = Spec::register(&mut registry);
+    spec.agent
+        .set_connectivity(ConnectivityMode::Gitops, ConnectivityState::Connected);
+    spec.agent.set_credential_updated_at(SystemTime::now());
+    let text = encode(&registry);
+
+    let families: BTreeSet<&str> = text.lines().filter(|l| l.starts_with("# ")).collect();
+    let expected: BTreeSet<&str> = SPEC_FAMILIES.into_iter().collect();
+    assert_eq!(families, expected, "{text}");
+    // Each family exactly once: a set registered twice would repeat its lines.
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with("# ")).count(),
+        SPEC_FAMILIES.len()
+    );
+}
+
+#[test]
+fn each_set_exposes_only_its_own_families() {
+    let families = |register: &dyn Fn(&mut Registry)| -> Vec<String> {
+        let mut registry = Registry::default();
+        register(&mut registry);
+        encode(&registry)
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split(' ').next())
+            .map(str::to_owned)
+            .collect()
+    };
+    assert_eq!(
+        families(&|r| drop(ReconcileMetrics::register(r))),
+        [
+            "vworkspace_operator_reconcile_total",
+            "vworkspace_operator_reconcile_duration_seconds"
+        ]
+    );
+    assert_eq!(
+        families(&|r| drop(OperationMetrics::register(r, catalog_kinds()))),
+        ["vworkspace_operator_operation_total"]
+    );
+    assert_eq!(
+        families(&|r| drop(ClusterMetrics::register(r))),
+        ["vworkspace_operator_managed_namespaces"]
+    );
+    // Connectivity and credential age stay hidden until reported.
+    assert_eq!(
+        families(&|r| drop(AgentMetrics::register(r))),
+        [
+            "vworkspace_operator_pull_job_lag_seconds",
+            "vworkspace_operator_applied_jobs_total",
+            "vworkspace_operator_event_buffer_occupancy"
+        ]
+    );
+}
+
+#[test]
+fn operation_series_follow_the_pairs_passed_in() {
+    let mut registry = Registry::default();
+    let operation = OperationMetrics::register(
+        &mut registry,
+        [
+            (OperationType::Backup, Engine::Velero),
+            (OperationType::Runbook, Engine::Workflow),
+            (OperationType::Backup, Engine::Velero),
+        ],
+    );
+    let series = |text: &str| {
+        text.lines()
+            .filter(|l| l.starts_with("vworkspace_operator_operation_total{"))
+            .count()
+    };
+    let text = encode(&registry);
+    assert_eq!(series(&text), 8, "2 distinct pairs x 4 outcomes:\n{text}");
+    assert_has(
+        &text,
+        &[
+            "vworkspace_operator_operation_total{engine=\"workflow\",outcome=\"blocked\",type=\"Runbook\"} 0",
+        ],
+    );
+
+    // A pair that was not passed still counts, from its first increment.
+    operation.record_operation(
+        OperationType::Restore,
+        Engine::Helm,
+        OperationOutcome::Failed,
+    );
+    let text = encode(&registry);
+    assert_eq!(series(&text), 9, "{text}");
+    assert_has(
+        &text,
+        &[
+            "vworkspace_operator_operation_total{engine=\"helm\",outcome=\"failed\",type=\"Restore\"} 1",
+        ],
     );
 }
 

@@ -1,167 +1,64 @@
-//! The spec's operator-specific metrics (`vworkspace_operator_*`).
+//! The control-plane agent's spec metrics: `vworkspace_operator_pull_job_lag_seconds`,
+//! `vworkspace_operator_connectivity_state{mode}`, `vworkspace_operator_applied_jobs_total`,
+//! `vworkspace_operator_event_buffer_occupancy` and
+//! `vworkspace_operator_credential_age_seconds`.
 //!
-//! Invariants: the nine metrics are registered exactly once per [`OperatorMetrics::register`]
-//! call with the spec's names, types, labels and buckets; every counter series for a
-//! known label combination exists (at 0) from registration on; the two age gauges are
-//! computed at scrape time from a stored timestamp, so a stuck job or a stale
-//! credential keeps growing on the dashboard even when nobody updates the metric.
+//! Invariants: the five families are registered exactly once per
+//! [`AgentMetrics::register`] call; the applied-jobs counter, the buffer occupancy and the
+//! pull lag exist (at 0) from registration on; at most one `mode` series of the
+//! connectivity gauge exists at a time; the two age gauges are computed at scrape time
+//! from a stored timestamp, so a stuck job or a stale credential keeps growing on the
+//! dashboard even when nobody updates the metric.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::{Family, MetricConstructor};
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use super::labels::{
-    ConnectivityMode, ConnectivityState, Controller, Engine, OperationOutcome, OperationType,
-    ReconcileResult,
-};
-
-/// Buckets of `vworkspace_operator_reconcile_duration_seconds` (spec: 5ms … 10s).
-pub const RECONCILE_DURATION_BUCKETS: [f64; 11] = [
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
-
-/// The (type, engine) pairs of the built-in operation catalog (DESIGN §2).
-///
-/// `vworkspace_operator_operation_total` is zero-initialised for each of these pairs
-/// times every [`OperationOutcome`] (9 × 4 = 36 series) rather than for the full
-/// 6 × 7 × 4 cartesian product: a pair outside the catalog (e.g. Restore × helm) can
-/// never be counted, so its series would only be noise. Recording an off-catalog pair
-/// still works; it simply starts existing at its first increment.
-pub const CATALOG_OPERATION_KINDS: [(OperationType, Engine); 9] = [
-    (OperationType::Backup, Engine::Velero),
-    (OperationType::Restore, Engine::Velero),
-    (OperationType::Backup, Engine::Volsync),
-    (OperationType::Backup, Engine::Snapshot),
-    (OperationType::Upgrade, Engine::Helm),
-    (OperationType::Upgrade, Engine::HelmHookJob),
-    (OperationType::Migration, Engine::Workflow),
-    (OperationType::RunCommand, Engine::Job),
-    (OperationType::Runbook, Engine::Workflow),
-];
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ReconcileLabels {
-    controller: Controller,
-    result: ReconcileResult,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ControllerLabels {
-    controller: Controller,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct OperationLabels {
-    engine: Engine,
-    outcome: OperationOutcome,
-    r#type: OperationType,
-}
+use super::labels::{ConnectivityMode, ConnectivityState};
+use super::saturating_i64;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ModeLabels {
     mode: ConnectivityMode,
 }
 
-/// A histogram family whose constructor is a plain `fn`, so the family stays `Clone`.
-type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
-
-fn reconcile_duration_histogram() -> Histogram {
-    Histogram::new(RECONCILE_DURATION_BUCKETS)
-}
-
-/// Handles to the spec's `vworkspace_operator_*` metrics.
+/// Handles to the agent's spec metrics, registered for the control-plane agent.
 ///
 /// Cloning is cheap; every clone updates the same series.
 #[derive(Clone, Debug)]
-pub struct OperatorMetrics {
-    reconcile_total: Family<ReconcileLabels, Counter>,
-    reconcile_duration: HistogramFamily<ControllerLabels>,
-    operation_total: Family<OperationLabels, Counter>,
+pub struct AgentMetrics {
     pull_job_lag: AgeGauge,
     connectivity_state: Family<ModeLabels, Gauge>,
     applied_jobs_total: Counter,
     event_buffer_occupancy: Gauge,
-    managed_namespaces: Gauge,
     credential_age: AgeGauge,
 }
 
-impl OperatorMetrics {
-    /// Registers the nine spec metrics into `registry` and zero-initialises every
-    /// known counter series (and the reconcile histogram of every controller).
+impl AgentMetrics {
+    /// Registers the agent's five spec metrics into `registry`.
     ///
     /// `vworkspace_operator_connectivity_state` is deliberately *not* initialised:
     /// it is exposed only for the mode the cluster actually runs in (see
-    /// [`OperatorMetrics::set_connectivity`]), because a 0 ("reconnecting") series for
+    /// [`AgentMetrics::set_connectivity`]), because a 0 ("reconnecting") series for
     /// an unused mode would drag `avg_over_time(...)` SLOs down for no reason.
     /// `vworkspace_operator_credential_age_seconds` appears once the credential has
     /// been loaded; `vworkspace_operator_pull_job_lag_seconds` is 0 while nothing is
     /// pending.
     pub fn register(registry: &mut Registry) -> Self {
-        let metrics = OperatorMetrics {
-            reconcile_total: Family::default(),
-            reconcile_duration: Family::new_with_constructor(reconcile_duration_histogram),
-            operation_total: Family::default(),
+        let metrics = AgentMetrics {
             pull_job_lag: AgeGauge::new(Some(0.0)),
             connectivity_state: Family::default(),
             applied_jobs_total: Counter::default(),
             event_buffer_occupancy: Gauge::default(),
-            managed_namespaces: Gauge::default(),
             credential_age: AgeGauge::new(None),
         };
-
-        for controller in Controller::ALL {
-            for result in ReconcileResult::ALL {
-                init_series(
-                    &metrics.reconcile_total,
-                    &ReconcileLabels {
-                        controller: *controller,
-                        result: *result,
-                    },
-                );
-            }
-            init_series(
-                &metrics.reconcile_duration,
-                &ControllerLabels {
-                    controller: *controller,
-                },
-            );
-        }
-        for (r#type, engine) in CATALOG_OPERATION_KINDS {
-            for outcome in OperationOutcome::ALL {
-                init_series(
-                    &metrics.operation_total,
-                    &OperationLabels {
-                        r#type,
-                        engine,
-                        outcome: *outcome,
-                    },
-                );
-            }
-        }
-
-        registry.register(
-            "vworkspace_operator_reconcile",
-            "Reconciles per controller and outcome",
-            metrics.reconcile_total.clone(),
-        );
-        registry.register(
-            "vworkspace_operator_reconcile_duration_seconds",
-            "Reconcile wall time in seconds per controller",
-            metrics.reconcile_duration.clone(),
-        );
-        registry.register(
-            "vworkspace_operator_operation",
-            "Operation completions per type, engine and outcome",
-            metrics.operation_total.clone(),
-        );
         registry.register(
             "vworkspace_operator_pull_job_lag_seconds",
             "Age in seconds of the oldest job the operator has fetched but not yet applied",
@@ -183,47 +80,11 @@ impl OperatorMetrics {
             metrics.event_buffer_occupancy.clone(),
         );
         registry.register(
-            "vworkspace_operator_managed_namespaces",
-            "Namespaces labelled app.vworkspace.io/managed-by=vworkspace",
-            metrics.managed_namespaces.clone(),
-        );
-        registry.register(
             "vworkspace_operator_credential_age_seconds",
             "Seconds since the bootstrap credentials Secret was last updated or rotated",
             metrics.credential_age.clone(),
         );
         metrics
-    }
-
-    /// Counts one finished reconcile and observes its wall time.
-    pub fn record_reconcile(
-        &self,
-        controller: Controller,
-        result: ReconcileResult,
-        duration: Duration,
-    ) {
-        self.reconcile_total
-            .get_or_create(&ReconcileLabels { controller, result })
-            .inc();
-        self.reconcile_duration
-            .get_or_create(&ControllerLabels { controller })
-            .observe(duration.as_secs_f64());
-    }
-
-    /// Counts one Operation reaching `outcome` (call once per transition, not per reconcile).
-    pub fn record_operation(
-        &self,
-        r#type: OperationType,
-        engine: Engine,
-        outcome: OperationOutcome,
-    ) {
-        self.operation_total
-            .get_or_create(&OperationLabels {
-                r#type,
-                engine,
-                outcome,
-            })
-            .inc();
     }
 
     /// Sets when the oldest fetched-but-not-applied job was fetched (`None` when no job
@@ -254,30 +115,11 @@ impl OperatorMetrics {
         self.event_buffer_occupancy.set(saturating_i64(depth));
     }
 
-    /// Sets the number of namespaces carrying `app.vworkspace.io/managed-by=vworkspace`.
-    pub fn set_managed_namespaces(&self, count: usize) {
-        self.managed_namespaces.set(saturating_i64(count));
-    }
-
     /// Records when the credentials Secret was last updated or rotated (call on load,
     /// persist and rotation). The exposed age is computed at each scrape.
     pub fn set_credential_updated_at(&self, updated_at: SystemTime) {
         self.credential_age.set_since(Some(updated_at));
     }
-}
-
-/// Creates the series for `labels` (at the metric's initial value) if it does not exist.
-fn init_series<S, M, C>(family: &Family<S, M, C>, labels: &S)
-where
-    S: Clone + std::hash::Hash + Eq,
-    C: MetricConstructor<M>,
-{
-    // The returned read guard is released right away; only the insertion matters.
-    drop(family.get_or_create(labels));
-}
-
-fn saturating_i64(n: usize) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 /// Sentinel for "no timestamp stored".
@@ -347,6 +189,8 @@ impl EncodeMetric for AgeGauge {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]
