@@ -942,7 +942,7 @@ mod tests {
         use k8s_openapi::api::core::v1::ConfigMap;
         use prometheus_client::registry::Registry;
 
-        use crate::metrics::testing::{encode, sample};
+        use crate::metrics::scrape::parsed;
 
         let recorder = SpanRecorder::default();
         let spans = Arc::clone(&recorder.spans);
@@ -1021,11 +1021,10 @@ mod tests {
             ]
         );
 
-        let text = encode(&registry);
+        let scraped = parsed(&registry);
         let c = ("controller", "unit");
         let total = |result| {
-            sample(
-                &text,
+            scraped.value(
                 "controller_runtime_reconcile_total",
                 &[c, ("result", result)],
             )
@@ -1033,24 +1032,20 @@ mod tests {
         assert_eq!(total("success"), Some(2.0));
         assert_eq!(total("error"), Some(3.0));
         assert_eq!(
-            sample(&text, "controller_runtime_reconcile_errors_total", &[c]),
+            scraped.value("controller_runtime_reconcile_errors_total", &[c]),
             Some(3.0)
         );
         assert_eq!(
-            sample(
-                &text,
-                "controller_runtime_terminal_reconcile_errors_total",
-                &[c]
-            ),
+            scraped.value("controller_runtime_terminal_reconcile_errors_total", &[c]),
             Some(1.0)
         );
         assert_eq!(
-            sample(&text, "controller_runtime_reconcile_panics_total", &[c]),
+            scraped.value("controller_runtime_reconcile_panics_total", &[c]),
             Some(1.0)
         );
         // The failing and the panicking reconcile are retried; the terminal one is not.
         assert_eq!(
-            sample(&text, "workqueue_retries_total", &[c, ("name", "unit")]),
+            scraped.value("workqueue_retries_total", &[c, ("name", "unit")]),
             Some(2.0)
         );
 

@@ -310,52 +310,30 @@ impl RuntimeMetrics {
     }
 }
 
-/// Helpers for tests (feature `test-gate`): read one sample out of an encoded registry.
-#[cfg(any(test, feature = "test-gate"))]
-pub mod testing {
+/// Test helpers: the registry as a scrape sees it, raw or parsed by the project's one
+/// exposition parser.
+#[cfg(test)]
+pub(crate) mod scrape {
     use prometheus_client::registry::Registry;
+    use vworkspace_testkit::prom::Exposition;
 
-    /// Encode `registry` in the text format.
-    pub fn encode(registry: &Registry) -> String {
+    /// The text exposition of `registry`.
+    pub(crate) fn text(registry: &Registry) -> String {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, registry)
             .expect("encoding into a String cannot fail");
         out
     }
 
-    /// The value of the sample `name{labels}` whose label set contains exactly `labels`
-    /// (order-insensitive), if it is exported.
-    pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-        text.lines()
-            .filter(|line| !line.starts_with('#'))
-            .find_map(|line| {
-                let (series, value) = line.rsplit_once(' ')?;
-                let (metric, label_text) = match series.split_once('{') {
-                    Some((metric, rest)) => (metric, rest.strip_suffix('}')?),
-                    None => (series, ""),
-                };
-                if metric != name {
-                    return None;
-                }
-                let mut found: Vec<(&str, &str)> = label_text
-                    .split(',')
-                    .filter(|pair| !pair.is_empty())
-                    .filter_map(|pair| {
-                        let (key, value) = pair.split_once('=')?;
-                        Some((key, value.trim_matches('"')))
-                    })
-                    .collect();
-                let mut wanted = labels.to_vec();
-                found.sort_unstable();
-                wanted.sort_unstable();
-                (found == wanted).then(|| value.parse().ok()).flatten()
-            })
+    /// `registry` scraped and parsed; a broken exposition fails the test.
+    pub(crate) fn parsed(registry: &Registry) -> Exposition {
+        Exposition::parse(&text(registry)).expect("a valid exposition")
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::testing::{encode, sample};
+    use super::scrape::{parsed, text};
     use super::*;
 
     #[test]
@@ -364,12 +342,11 @@ mod tests {
         let metrics = RuntimeMetrics::register(&mut registry);
         let _reconcile = metrics.controller.for_controller("applicationinstance");
         let _queue = metrics.workqueue.for_queue("applicationinstance");
-        let text = encode(&registry);
+        let scraped = parsed(&registry);
         let c = ("controller", "applicationinstance");
         for result in RECONCILE_RESULTS {
             assert_eq!(
-                sample(
-                    &text,
+                scraped.value(
                     "controller_runtime_reconcile_total",
                     &[c, ("result", result)]
                 ),
@@ -385,7 +362,7 @@ mod tests {
             "controller_runtime_max_concurrent_reconciles",
             "controller_runtime_reconcile_time_seconds_count",
         ] {
-            assert_eq!(sample(&text, name, &[c]), Some(0.0), "{name}");
+            assert_eq!(scraped.value(name, &[c]), Some(0.0), "{name}");
         }
         let q = [c, ("name", "applicationinstance")];
         for name in [
@@ -397,7 +374,7 @@ mod tests {
             "workqueue_queue_duration_seconds_count",
             "workqueue_work_duration_seconds_count",
         ] {
-            assert_eq!(sample(&text, name, &q), Some(0.0), "{name}");
+            assert_eq!(scraped.value(name, &q), Some(0.0), "{name}");
         }
     }
 
@@ -407,15 +384,14 @@ mod tests {
         let metrics = RuntimeMetrics::register(&mut registry);
         let _reconcile = metrics.controller.for_controller("c");
         let _queue = metrics.workqueue.for_queue("c");
-        let text = encode(&registry);
+        let scraped = parsed(&registry);
+        // The `le` values as exposed (their text, not only the numbers, is what the
+        // dashboards written for controller-runtime match on).
         let les = |metric: &str| -> Vec<String> {
-            text.lines()
-                .filter(|l| l.starts_with(&format!("{metric}_bucket{{")))
-                .filter_map(|l| {
-                    let start = l.find("le=\"")? + 4;
-                    let end = l[start..].find('"')? + start;
-                    Some(l[start..end].to_owned())
-                })
+            let bucket = format!("{metric}_bucket");
+            scraped
+                .series(&bucket, &[])
+                .filter_map(|s| s.label("le").map(str::to_owned))
                 .collect()
         };
         let queue_les = les("workqueue_queue_duration_seconds");
@@ -446,19 +422,15 @@ mod tests {
             let _ = metrics.controller.for_controller(name);
             let _ = metrics.workqueue.for_queue(name);
         }
-        let text = encode(&registry);
-        let type_lines = text
+        let type_lines = text(&registry)
             .lines()
             .filter(|l| l.starts_with("# TYPE workqueue_depth "))
             .count();
         assert_eq!(type_lines, 1);
+        let scraped = parsed(&registry);
         for name in ["applicationinstance", "operation", "cluster"] {
             assert_eq!(
-                sample(
-                    &text,
-                    "workqueue_depth",
-                    &[("controller", name), ("name", name)]
-                ),
+                scraped.value("workqueue_depth", &[("controller", name), ("name", name)]),
                 Some(0.0)
             );
         }

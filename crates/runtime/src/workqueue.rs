@@ -463,7 +463,7 @@ mod tests {
 
     use super::*;
     use crate::metrics::WorkqueueMetrics;
-    use crate::metrics::testing::{encode, sample};
+    use crate::metrics::scrape::parsed;
 
     const NAME: &str = "test-controller";
 
@@ -475,12 +475,9 @@ mod tests {
     }
 
     fn metric(registry: &Registry, name: &str) -> f64 {
-        sample(
-            &encode(registry),
-            name,
-            &[("name", NAME), ("controller", NAME)],
-        )
-        .unwrap_or_else(|| panic!("{name} not exported"))
+        parsed(registry)
+            .value(name, &[("name", NAME), ("controller", NAME)])
+            .unwrap_or_else(|| panic!("{name} not exported"))
     }
 
     /// `get` with a deadline far beyond any delay used here (time is paused, so waiting

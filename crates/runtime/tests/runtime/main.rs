@@ -29,8 +29,8 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use vworkspace_testkit::env::TestEnv;
+use vworkspace_testkit::prom::Exposition;
 
-use vworkspace_runtime::metrics::testing::{encode, sample};
 use vworkspace_runtime::{
     Action, Controller, ErrorCategory, Event, Gate, ReconcileResult, RuntimeMetrics, Shutdown,
     StopReason, Stopped,
@@ -169,6 +169,20 @@ async fn eventually<T>(
     }
 }
 
+/// The text exposition of `registry`, as a scrape sees it.
+fn encode(registry: &Registry) -> String {
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, registry)
+        .expect("encoding into a String cannot fail");
+    text
+}
+
+/// `registry` scraped and parsed by the project's one exposition parser; a broken
+/// exposition fails the test.
+fn scrape(registry: &Registry) -> Exposition {
+    Exposition::parse(&encode(registry)).expect("a valid exposition")
+}
+
 /// A labelled ConfigMap named `name` (the harness controllers watch only labelled ones).
 fn labelled_configmap(name: &str) -> Result<ConfigMap> {
     Ok(serde_json::from_value(serde_json::json!({
@@ -278,16 +292,12 @@ impl Harness {
     fn controller_metric(&self, metric: &str, extra: &[(&str, &str)]) -> Option<f64> {
         let mut labels = vec![("controller", self.name)];
         labels.extend_from_slice(extra);
-        sample(&self.metrics(), metric, &labels)
+        scrape(&self.registry).value(metric, &labels)
     }
 
     /// A workqueue_* sample of this controller's queue.
     fn queue_metric(&self, metric: &str) -> Option<f64> {
-        sample(
-            &self.metrics(),
-            metric,
-            &[("name", self.name), ("controller", self.name)],
-        )
+        scrape(&self.registry).value(metric, &[("name", self.name), ("controller", self.name)])
     }
 
     fn reconciles(&self, result: &str) -> Option<f64> {

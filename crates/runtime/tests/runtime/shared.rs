@@ -13,13 +13,12 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Client, ResourceExt};
 use prometheus_client::registry::Registry;
 use tokio::sync::oneshot;
-use vworkspace_runtime::metrics::testing::{encode, sample};
 use vworkspace_runtime::{
     Controller, Manager, RuntimeMetrics, SharedWatch, Shutdown, StopReason, SyncState,
 };
 use vworkspace_testkit::env::TestEnv;
 
-use super::{Ctx, DEADLINE, LABEL, eventually, labelled, labelled_configmap, reconcile};
+use super::{Ctx, DEADLINE, LABEL, eventually, labelled, labelled_configmap, reconcile, scrape};
 
 /// The list and watch requests made for one collection path.
 #[derive(Debug, Default)]
@@ -243,11 +242,10 @@ async fn two_controllers_share_one_watch_and_both_reconcile_on_a_child_change() 
     // One watch served both: a single list and a single watch of the Secrets.
     assert_eq!(requests.counts(), (1, 1), "{}", context());
     // Each controller still has its own queue and series.
-    let text = encode(&registry);
+    let scraped = scrape(&registry);
     for name in ["rt-shared-owner", "rt-shared-target"] {
         assert_eq!(
-            sample(
-                &text,
+            scraped.value(
                 "controller_runtime_reconcile_total",
                 &[("controller", name), ("result", "success")]
             ),
@@ -255,11 +253,7 @@ async fn two_controllers_share_one_watch_and_both_reconcile_on_a_child_change() 
             "{name}"
         );
         assert_eq!(
-            sample(
-                &text,
-                "workqueue_depth",
-                &[("controller", name), ("name", name)]
-            ),
+            scraped.value("workqueue_depth", &[("controller", name), ("name", name)]),
             Some(0.0),
             "{name}"
         );
