@@ -61,6 +61,9 @@ pub struct Options {
     pub identity: String,
     /// `--watch-namespace`: reconcile only this namespace (default: all namespaces).
     pub watch_namespace: Option<String>,
+    /// `--graceful-shutdown-timeout`: how long in-flight reconciles may finish on SIGTERM
+    /// (controller-runtime's `GracefulShutdownTimeout`, 30s).
+    pub graceful_shutdown_timeout: vworkspace_api::GoDuration,
 }
 
 impl Default for Options {
@@ -92,6 +95,7 @@ impl Default for Options {
                 format!("{host}-{}", std::process::id())
             }),
             watch_namespace: env("WATCH_NAMESPACE"),
+            graceful_shutdown_timeout: vworkspace_api::GoDuration::from_secs(30),
         }
     }
 }
@@ -113,7 +117,8 @@ flags of run (defaults in brackets):
   --audit-log-file PATH             also append audit events to PATH as JSON lines
   --kubeconfig PATH                 kubeconfig to use [in-cluster, else $KUBECONFIG]
   --identity NAME                   this replica's Lease identity [$POD_NAME or host-pid]
-  --watch-namespace NS              reconcile only namespace NS [$WATCH_NAMESPACE or all]";
+  --watch-namespace NS              reconcile only namespace NS [$WATCH_NAMESPACE or all]
+  --graceful-shutdown-timeout DUR   on SIGTERM, let running reconciles finish this long [30s]";
 
 /// Parse the arguments after the program name.
 pub fn parse(args: &[String]) -> Result<Command, String> {
@@ -170,6 +175,9 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             "--audit-log-file" => o.audit_log_file = Some(value(flag, inline, &mut args)?.into()),
             "--kubeconfig" => o.kubeconfig = Some(value(flag, inline, &mut args)?.into()),
             "--identity" => o.identity = value(flag, inline, &mut args)?,
+            "--graceful-shutdown-timeout" => {
+                o.graceful_shutdown_timeout = typed(flag, inline, &mut args)?;
+            }
             "--watch-namespace" => {
                 o.watch_namespace = Some(value(flag, inline, &mut args)?).filter(|n| !n.is_empty());
             }

@@ -23,7 +23,8 @@ use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 use vworkspace_api::AuditSource;
 use vworkspace_api::application_instance::ApplicationInstance;
-use vworkspace_api::thirdparty::flux::HelmRelease;
+use vworkspace_api::labels;
+use vworkspace_api::thirdparty::flux::{HelmRelease, HelmRepository};
 use vworkspace_runtime::{
     Controller, Readiness, ReconcileResult, RuntimeMetrics, SharedWatch, Shutdown,
 };
@@ -134,22 +135,69 @@ async fn run(opts: Options) -> Result<ExitCode> {
         .with_layer(&layer)
         .build();
 
+    let mut sinks: Vec<Arc<dyn AuditSink>> = Vec::new();
+    if let Some(path) = &opts.audit_log_file {
+        sinks.push(Arc::new(
+            FileAuditSink::open(path).with_context(|| format!("opening {}", path.display()))?,
+        ));
+    }
+    if sinks.is_empty() {
+        sinks.push(Arc::new(DiscardAuditSink));
+    }
+    let audit: Arc<dyn AuditSink> = Arc::new(Tee(sinks));
+    let publisher = Publisher::new(
+        client.clone(),
+        AuditSource {
+            cluster_id: opts.cluster_id.clone(),
+            org_id: opts.org_id.clone(),
+            operator_version: operator_version(),
+        },
+        opts.identity.clone(),
+        Arc::clone(&audit),
+    );
+
     // One controller for now; the Operation and Cluster controllers join it here.
-    let (instances, releases) = match &opts.watch_namespace {
+    let (instances, releases, repositories) = match &opts.watch_namespace {
         Some(ns) => (
             Api::<ApplicationInstance>::namespaced(client.clone(), ns),
             Api::<HelmRelease>::namespaced(client.clone(), ns),
+            Api::<HelmRepository>::namespaced(client.clone(), ns),
         ),
-        None => (Api::all(client.clone()), Api::all(client.clone())),
+        None => (
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+        ),
     };
-    // One watch and cache of HelmReleases for every controller that looks at them.
-    let releases = SharedWatch::new(releases, watcher::Config::default());
+    // One watch and cache per child kind for every controller that looks at them, and
+    // only of the operator's own children (selected on the label it puts on them), so
+    // other teams' releases never enter the caches.
+    let ours = watcher::Config::default().labels(labels::APPLICATION_INSTANCE);
+    let releases = SharedWatch::new(releases, ours.clone());
+    let repositories = SharedWatch::new(repositories, ours);
+    let ai_ctx = Arc::new(controllers::application_instance::Context {
+        client: client.clone(),
+        publisher: publisher.clone(),
+        releases: releases.store(),
+        repositories: repositories.store(),
+        written: controllers::application_instance::WrittenVersions::default(),
+    });
     let ai_controller = Controller::new(
         controllers::application_instance::NAME,
         instances,
         &runtime_metrics,
     )
     .owns_shared(&releases)
+    // The repository's status is not an input of the plan: its cache is read when
+    // applying, and its changes reconcile nothing.
+    .watches_shared(&repositories, |_: &HelmRepository| None)
+    .ignore_primary_changes({
+        let written = ai_ctx.written.clone();
+        move |obj: &ApplicationInstance| written.is_own_write(obj)
+    })
+    .report_errors(controllers::application_instance::reporter(Arc::clone(
+        &ai_ctx,
+    )))
     .max_concurrent_reconciles(opts.max_concurrent_reconciles.get())
     .on_reconcile({
         let metrics = reconcile_metrics.clone();
@@ -196,27 +244,6 @@ async fn run(opts: Options) -> Result<ExitCode> {
     let metrics_server = tokio::spawn(serve_metrics(metrics_addr, registry, shutdown()));
     let probe_server = tokio::spawn(health.serve(probe_addr, shutdown()));
 
-    let mut sinks: Vec<Arc<dyn AuditSink>> = Vec::new();
-    if let Some(path) = &opts.audit_log_file {
-        sinks.push(Arc::new(
-            FileAuditSink::open(path).with_context(|| format!("opening {}", path.display()))?,
-        ));
-    }
-    if sinks.is_empty() {
-        sinks.push(Arc::new(DiscardAuditSink));
-    }
-    let audit: Arc<dyn AuditSink> = Arc::new(Tee(sinks));
-    let publisher = Publisher::new(
-        client.clone(),
-        AuditSource {
-            cluster_id: opts.cluster_id.clone(),
-            org_id: opts.org_id.clone(),
-            operator_version: operator_version(),
-        },
-        opts.identity.clone(),
-        Arc::clone(&audit),
-    );
-
     let elector = opts.leader_elect.then(|| {
         leader::Elector::new(
             client.clone(),
@@ -248,16 +275,16 @@ async fn run(opts: Options) -> Result<ExitCode> {
         }
     }
 
-    let ctx = Arc::new(controllers::application_instance::Context {
-        client: client.clone(),
-        publisher,
-    });
     tracing::info!(controllers = "applicationinstance", "starting controllers");
-    let controller_task = tokio::spawn(ai_controller.run(
-        controllers::application_instance::reconcile,
-        ctx,
-        Shutdown::new(shutdown()).abort_on(abort),
-    ));
+    let controller_task = tokio::spawn(
+        ai_controller.run(
+            controllers::application_instance::reconcile,
+            ai_ctx,
+            Shutdown::new(shutdown())
+                .abort_on(abort)
+                .drain_timeout(opts.graceful_shutdown_timeout.as_duration()),
+        ),
+    );
 
     let mut leading = leading_rx.clone();
     tokio::select! {

@@ -20,6 +20,7 @@ use serde_json::{Value, json};
 use vworkspace_api::application_instance::ApplicationInstance;
 use vworkspace_testkit::env::{TestEnv, poll_until, unique_suffix};
 use vworkspace_testkit::fixtures::OperatorProcess;
+use vworkspace_testkit::prom::Exposition;
 use vworkspace_testkit::sim::flux::FluxSimulator;
 
 mod common;
@@ -368,15 +369,16 @@ async fn a_failed_status_write_neither_loses_nor_doubles_a_transition() -> Resul
     );
     // Let the operator retry a few times against the denial.
     poll_until(LIMIT, "several denied status writes", || async {
-        let metrics = op.metrics().await.ok()?;
-        let denied: f64 = metrics
-            .lines()
-            .filter(|l| {
-                l.starts_with("rest_client_requests_total{") && l.contains(r#"method="PATCH""#)
+        let metrics = Exposition::parse(&op.metrics().await.ok()?).ok()?;
+        let denied = ["422", "403"]
+            .iter()
+            .map(|code| {
+                metrics.sum(
+                    "rest_client_requests_total",
+                    &[("method", "PATCH"), ("code", code)],
+                )
             })
-            .filter(|l| l.contains(r#"code="422""#) || l.contains(r#"code="403""#))
-            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-            .sum();
+            .sum::<f64>();
         (denied >= 4.0).then_some(())
     })
     .await?;

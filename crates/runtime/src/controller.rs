@@ -71,7 +71,7 @@ use tokio::time::Instant;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::metrics::{QueueMetrics, ReconcileMetrics, RuntimeMetrics};
-use crate::report::ErrorReport;
+use crate::report::{ErrorReport, error_chain};
 use crate::shared::{DEFAULT_RECHECK_INTERVAL, SharedWatch, Subscriber};
 use crate::shutdown::{Shutdown, StopReason, Stopped};
 use crate::source::{self, Feed, PrimarySink, RelatedSink};
@@ -225,7 +225,12 @@ pub struct Controller<K: WatchedKind> {
     observers: Vec<Observer>,
     reporter: Option<Reporter<K>>,
     status: StatusCell,
+    ignore_primary: Option<PrimaryFilter<K>>,
 }
+
+/// Decides that a change of a primary object needs no reconcile; see
+/// [`Controller::ignore_primary_changes`].
+pub type PrimaryFilter<K> = Arc<dyn Fn(&K) -> bool + Send + Sync>;
 
 impl<K: WatchedKind> Debug for Controller<K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -265,7 +270,21 @@ impl<K: WatchedKind> Controller<K> {
             observers: Vec::new(),
             reporter: None,
             status,
+            ignore_primary: None,
         }
+    }
+
+    /// Do not reconcile a changed primary object for which `filter` returns `true` (the
+    /// cache is still updated). For changes the controller made itself and has already
+    /// accounted for — typically its own status write, recognised by the resourceVersion
+    /// the write returned — so they cost no reconcile. Deletions and re-lists are never
+    /// filtered.
+    pub fn ignore_primary_changes(
+        mut self,
+        filter: impl Fn(&K) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.ignore_primary = Some(Arc::new(filter));
+        self
     }
 
     /// Restrict the watch of `K` (label/field selectors, timeouts).
@@ -464,6 +483,7 @@ impl<K: WatchedKind> Controller<K> {
             observers,
             reporter,
             status,
+            ignore_primary,
         } = self;
         let queue = WorkQueue::new(queue_metrics, rate_limiter);
         let feed = Feed {
@@ -479,7 +499,7 @@ impl<K: WatchedKind> Controller<K> {
             watcher_config,
             None,
             Arc::clone(&name),
-            PrimarySink::new(writer, feed.clone(), 0),
+            PrimarySink::new(writer, feed.clone(), 0, ignore_primary),
         ));
         for source in sources {
             watches.spawn(source(SourceCtx {
@@ -711,11 +731,15 @@ where
 
             let (result, error_category, report) = match outcome {
                 Ok(Ok(Action::Done)) => {
+                    // A success supersedes what an earlier reconcile scheduled (a
+                    // RequeueAfter, a backoff retry): it is stale now.
                     self.queue.forget(key);
+                    self.queue.cancel_delayed(key);
                     (ReconcileResult::Success, None, None)
                 }
                 Ok(Ok(Action::RequeueAfter(after))) if !after.is_zero() => {
                     self.queue.forget(key);
+                    self.queue.cancel_delayed(key);
                     self.queue.add_after(key.clone(), after);
                     (ReconcileResult::RequeueAfter, None, None)
                 }
@@ -729,12 +753,12 @@ where
                         // Not retried; forgetting also drops the key's backoff state.
                         self.queue.forget(key);
                         self.metrics.terminal_errors.inc();
-                        error!(error = %err, category, terminal = true, "Reconciler error");
+                        error!(error = %error_chain(&err), category, terminal = true, "Reconciler error");
                     } else {
                         self.queue.add_rate_limited(key.clone());
                         // Retried with backoff: the spec logs retryable failures at warn
                         // and keeps error for what will not fix itself.
-                        warn!(error = %err, category, "Reconciler error; retrying");
+                        warn!(error = %error_chain(&err), category, "Reconciler error; retrying");
                     }
                     let report = self.reporter.is_some().then(|| ErrorReport::of(&err));
                     (ReconcileResult::Error, Some(category), report)

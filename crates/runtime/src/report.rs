@@ -57,18 +57,29 @@ impl ErrorReport {
 }
 
 /// `err` and its sources joined with `": "`. A source whose text the message already
-/// contains (the usual `#[error("applying {name}: {source}")]`) is not repeated.
-/// Truncated to [`MAX_MESSAGE_BYTES`].
+/// contains (the usual `#[error("applying {name}: {source}")]`) is not repeated. An API
+/// error reads as the server's message with its code and reason, not as kube's dump of
+/// the whole status object. Truncated to [`MAX_MESSAGE_BYTES`].
 pub fn error_chain(err: &(dyn Error + 'static)) -> String {
-    let mut message = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
+    let mut message = String::new();
+    let mut next: Option<&(dyn Error + 'static)> = Some(err);
+    while let Some(cause) = next {
+        let api = cause.downcast_ref::<kube::Error>().and_then(|e| match e {
+            kube::Error::Api(status) => Some(status),
+            _ => None,
+        });
+        let text = match api {
+            Some(status) => format!("{} ({} {})", status.message, status.code, status.reason),
+            None => cause.to_string(),
+        };
         if !text.is_empty() && !message.contains(&text) {
-            message.push_str(": ");
+            if !message.is_empty() {
+                message.push_str(": ");
+            }
             message.push_str(&text);
         }
-        source = cause.source();
+        // The API status is the whole story; what kube chains below it repeats it.
+        next = if api.is_some() { None } else { cause.source() };
     }
     truncated(message)
 }

@@ -168,10 +168,17 @@ pub(crate) struct PrimarySink<K: WatchedKind> {
     before_relist: Option<HashSet<ObjectRef<K>>>,
     /// The listed keys, enqueued only when the new list is swapped into the cache.
     listed: Vec<ObjectRef<K>>,
+    /// Changes that need no reconcile (the controller's own writes).
+    ignore: Option<crate::controller::PrimaryFilter<K>>,
 }
 
 impl<K: WatchedKind> PrimarySink<K> {
-    pub(crate) fn new(writer: Writer<K>, feed: Feed<K>, index: usize) -> Self {
+    pub(crate) fn new(
+        writer: Writer<K>,
+        feed: Feed<K>,
+        index: usize,
+        ignore: Option<crate::controller::PrimaryFilter<K>>,
+    ) -> Self {
         Self {
             reader: writer.as_reader(),
             writer,
@@ -179,6 +186,7 @@ impl<K: WatchedKind> PrimarySink<K> {
             index,
             before_relist: None,
             listed: Vec::new(),
+            ignore,
         }
     }
 }
@@ -190,7 +198,11 @@ impl<K: WatchedKind> WatchSink<K> for PrimarySink<K> {
                 let key = ObjectRef::from_obj(obj);
                 // Cache first: the reconcile the key leads to must see this state.
                 self.writer.apply_watcher_event(&event);
-                self.feed.queue.add(key);
+                let ignored = matches!(event, watcher::Event::Apply(_))
+                    && self.ignore.as_ref().is_some_and(|ignore| ignore(obj));
+                if !ignored {
+                    self.feed.queue.add(key);
+                }
             }
             watcher::Event::Init => {
                 self.before_relist = Some(

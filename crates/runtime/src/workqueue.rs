@@ -325,6 +325,16 @@ impl<T: QueueKey> WorkQueue<T> {
         self.add_after(item, delay);
     }
 
+    /// Drop `item`'s pending delayed add, if any (an `add_after` or a rate-limited retry
+    /// that a later successful reconcile made stale). Not counted anywhere: the delayed
+    /// add was counted as a retry when it was scheduled.
+    pub fn cancel_delayed(&self, item: &T) {
+        let mut state = self.inner.lock();
+        if let Some(entry) = state.waiting_index.remove(item) {
+            state.waiting.remove(&entry);
+        }
+    }
+
     /// Reset `item`'s backoff: its next rate-limited add waits the base delay again.
     pub fn forget(&self, item: &T) {
         self.inner.lock().limiter.forget(item);
@@ -573,6 +583,25 @@ mod tests {
             "only one add"
         );
         assert_eq!(metric(&registry, "workqueue_adds_total"), 1.0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cancelled_delayed_add_never_arrives() {
+        let (q, registry) = queue();
+        q.add_after("a", Duration::from_secs(60));
+        q.add_after("b", Duration::from_secs(60));
+        q.cancel_delayed(&"a");
+        q.cancel_delayed(&"c"); // nothing waiting: a no-op
+        assert_eq!(next(&q).await, Some("b"));
+        q.done(&"b");
+        assert!(
+            timeout(Duration::from_secs(600), q.get()).await.is_err(),
+            "the cancelled item stays away"
+        );
+        assert_eq!(metric(&registry, "workqueue_adds_total"), 1.0);
+        // Cancelling does not block a later add of the same item.
+        q.add("a");
+        assert_eq!(next(&q).await, Some("a"));
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,23 +1,36 @@
 //! The ApplicationInstance controller: I/O around the pure pipeline in
 //! `vworkspace_reconcile::application_instance`.
 //!
-//! observe (the instance; which `valuesFrom` sources exist — metadata only, a Secret's
-//! data is never fetched) → validate (pure) → plan children (pure) → apply (server-side
-//! apply, field manager `vworkspace-operator`) → plan status and transitions from the
-//! HelmRelease the apply returned (pure) → publish the transitions → persist the status.
+//! observe (the instance from the cache when the cache holds our last write, else a
+//! GET; which `valuesFrom` sources exist — metadata only, a Secret's data is never
+//! fetched) → validate (pure) → plan children (pure) → apply each child whose cached
+//! state does not already hold it (server-side apply, field manager
+//! `vworkspace-operator`) → plan status and transitions from the live HelmRelease
+//! (pure) → publish the transitions → persist the status (server-side apply).
 //!
 //! Publishing comes before persisting on purpose: the transitions are recorded in the
 //! status being written, and their ids depend only on the status before, so a crash or a
 //! failed status write in between makes the next reconcile publish the same ids again —
 //! which the publisher turns into no-ops — instead of losing the transition.
 //!
-//! A reconcile that fails is reported on the object ([`report_error`]): a condition with
-//! the error's category as reason and the error chain as message, and the Warning Event
-//! the transition model announces for it. Deletion needs no work: the children carry
-//! controller owner references and the garbage collector removes them.
+//! Every request counts (the API server is the bottleneck): a reconcile that finds
+//! nothing to change sends nothing; the controller's own status writes are recognised by
+//! their resourceVersion ([`WrittenVersions`]) and trigger no reconcile; children are
+//! read from label-selected caches shared with other controllers.
+//!
+//! A reconcile that fails is reported on the object through the runtime's report path
+//! ([`reporter`]): a condition with the error's category as reason and the error chain
+//! as message, and the Warning Event the transition model announces for it. Deletion
+//! needs no work: the children carry controller owner references and the garbage
+//! collector removes them.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use kube::runtime::reflector::{ObjectRef, Store};
 
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -31,7 +44,8 @@ use vworkspace_api::conditions::errors;
 use vworkspace_api::labels::FIELD_MANAGER_OPERATOR;
 use vworkspace_api::thirdparty::flux::{HelmRelease, HelmRepository};
 use vworkspace_reconcile::application_instance::{self as plan, Observed, StatusPlan};
-use vworkspace_runtime::{Action, ErrorCategory, Event};
+use vworkspace_runtime::report::error_chain;
+use vworkspace_runtime::{Action, ErrorCategory, ErrorReport, Event};
 
 use crate::publisher::{AuditContext, Publisher};
 
@@ -47,6 +61,58 @@ pub struct Context {
     pub client: Client,
     /// Transition publisher.
     pub publisher: Publisher,
+    /// Cached HelmReleases (the operator's children only).
+    pub releases: Store<HelmRelease>,
+    /// Cached HelmRepositories (the operator's children only).
+    pub repositories: Store<HelmRepository>,
+    /// The resourceVersions of the controller's own status writes.
+    pub written: WrittenVersions,
+}
+
+/// The resourceVersion each instance's last status write returned.
+///
+/// Two uses: a watch event carrying exactly that version is the controller's own write
+/// and needs no reconcile; and a cached object older than it is stale (the watch has not
+/// delivered the write yet), so the reconcile reads the object fresh instead of deciding
+/// on the old status. resourceVersions are compared as numbers — they are etcd
+/// revisions on every API server this runs on; one that is not a number is never
+/// trusted and leads to a GET.
+#[derive(Debug, Clone, Default)]
+pub struct WrittenVersions(Arc<Mutex<HashMap<ObjectRef<ApplicationInstance>, u64>>>);
+
+impl WrittenVersions {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectRef<ApplicationInstance>, u64>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn record(&self, obj: &ApplicationInstance) {
+        if let Some(rv) = resource_version(obj) {
+            self.lock().insert(ObjectRef::from_obj(obj), rv);
+        }
+    }
+
+    fn forget(&self, key: &ObjectRef<ApplicationInstance>) {
+        self.lock().remove(key);
+    }
+
+    /// The watch event of `obj` is the controller's own last status write.
+    pub fn is_own_write(&self, obj: &ApplicationInstance) -> bool {
+        let written = self.lock().get(&ObjectRef::from_obj(obj)).copied();
+        written.is_some() && written == resource_version(obj)
+    }
+
+    /// The cached `obj` already includes the controller's last status write (or there
+    /// was none since the operator started: the initial list is fresh).
+    fn is_current(&self, obj: &ApplicationInstance) -> bool {
+        match self.lock().get(&ObjectRef::from_obj(obj)) {
+            None => true,
+            Some(written) => resource_version(obj).is_some_and(|rv| rv >= *written),
+        }
+    }
+}
+
+fn resource_version(obj: &ApplicationInstance) -> Option<u64> {
+    obj.metadata.resource_version.as_deref()?.parse().ok()
 }
 
 /// Reconcile failures. Each has a stable category (metric label, condition reason and
@@ -109,75 +175,70 @@ impl ErrorCategory for Error {
     }
 }
 
-/// Reconcile one ApplicationInstance; a failure is also reported on the object.
+/// Reconcile one ApplicationInstance.
 pub async fn reconcile(
     event: Event<ApplicationInstance>,
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
-    let Event::Apply(obj) = event else {
-        // Deleted: the garbage collector removes the owned children.
-        return Ok(Action::Done);
+    let obj = match event {
+        Event::Apply(obj) => obj,
+        Event::Cleanup(key) => {
+            // Deleted: the garbage collector removes the owned children.
+            ctx.written.forget(&key);
+            return Ok(Action::Done);
+        }
     };
     let span = tracing::info_span!("application_instance", application_instance = %obj.name_any());
-    async move {
-        let result = reconcile_instance(&obj, &ctx).await;
-        if let Err(err) = &result {
+    reconcile_instance(&obj, &ctx).instrument(span).await
+}
+
+/// The runtime's report path for this controller: [`report_error`] for each failed
+/// reconcile.
+pub fn reporter(
+    ctx: Arc<Context>,
+) -> impl Fn(Arc<ApplicationInstance>, ErrorReport) -> BoxFuture<'static, ()> + Send + Sync {
+    move |obj, report| {
+        let ctx = Arc::clone(&ctx);
+        async move {
+            let span =
+                tracing::info_span!("application_instance", application_instance = %obj.name_any());
             report_error(
                 &ctx,
                 &obj,
-                err.category(),
-                &error_chain(err),
-                err.is_terminal(),
+                report.category,
+                &report.message,
+                report.terminal,
             )
+            .instrument(span)
             .await;
         }
-        result
+        .boxed()
     }
-    .instrument(span)
-    .await
-}
-
-/// `err` and its sources, each once, joined with ": " (never a secret: messages name
-/// objects and API statuses only). An API error reads as the server's message with its
-/// reason and code, not as kube's debug dump of the whole status object.
-pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(cause) = next {
-        let text = match cause.downcast_ref::<kube::Error>() {
-            Some(kube::Error::Api(status)) => {
-                format!("{} ({} {})", status.message, status.code, status.reason)
-            }
-            _ => cause.to_string(),
-        };
-        if !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        next = match cause.downcast_ref::<kube::Error>() {
-            // The status is the whole story; its own sources repeat it.
-            Some(kube::Error::Api(_)) => None,
-            _ => cause.source(),
-        };
-    }
-    parts.join(": ")
 }
 
 async fn reconcile_instance(cached: &ApplicationInstance, ctx: &Context) -> Result<Action, Error> {
     let namespace = cached.namespace().unwrap_or_default();
     let name = cached.name_any();
-    // Decide on a fresh read, not the cache: a HelmRelease event can arrive before the
-    // watch has delivered our own last status write.
     let api: Api<ApplicationInstance> = Api::namespaced(ctx.client.clone(), &namespace);
-    let Some(obj) = api.get_opt(&name).await.map_err(Error::Read)? else {
-        return Ok(Action::Done);
+    // Decide on the cache only when it holds our last write: an older status would make
+    // the plan recompute (and re-send) what was already announced and written.
+    let fresh;
+    let obj = if ctx.written.is_current(cached) {
+        cached
+    } else {
+        let Some(obj) = api.get_opt(&name).await.map_err(Error::Read)? else {
+            return Ok(Action::Done);
+        };
+        fresh = obj;
+        &fresh
     };
     tracing::info!(generation = obj.metadata.generation, "reconcile started");
     let now = Time(Timestamp::now());
 
-    let status_plan = match plan::validate(&obj) {
+    let status_plan = match plan::validate(obj) {
         Err(why) => {
             tracing::warn!(reason = why.category(), "invalid spec: {why}");
-            plan::plan_status(&obj, Observed::Invalid(&why), &now)
+            plan::plan_status(obj, Observed::Invalid(&why), &now)
         }
         Ok(spec) => {
             let mut absent = Vec::new();
@@ -193,10 +254,10 @@ async fn reconcile_instance(cached: &ApplicationInstance, ctx: &Context) -> Resu
             });
             if missing.is_empty() {
                 let (repository, release) = plan::desired_children(&spec);
-                apply(&ctx.client, &namespace, &repository).await?;
-                let live = apply(&ctx.client, &namespace, &release).await?;
+                ensure_child(&ctx.client, &ctx.repositories, &repository).await?;
+                let live = ensure_child(&ctx.client, &ctx.releases, &release).await?;
                 plan::plan_status(
-                    &obj,
+                    obj,
                     Observed::Applied {
                         spec: &spec,
                         release: &live,
@@ -204,11 +265,11 @@ async fn reconcile_instance(cached: &ApplicationInstance, ctx: &Context) -> Resu
                     &now,
                 )
             } else {
-                plan::plan_status(&obj, Observed::MissingSources(&missing), &now)
+                plan::plan_status(obj, Observed::MissingSources(&missing), &now)
             }
         }
     };
-    publish_and_persist(ctx, &api, &obj, &status_plan).await?;
+    publish_and_persist(ctx, &api, obj, &status_plan).await?;
     tracing::info!(
         changed = status_plan.changed,
         waiting = status_plan.waiting,
@@ -243,7 +304,8 @@ async fn publish_and_persist(
             .await;
     }
     if status_plan.changed {
-        write_status(api, &name, status_plan).await?;
+        let written = write_status(api, &name, status_plan).await?;
+        ctx.written.record(&written);
     }
     Ok(())
 }
@@ -338,16 +400,27 @@ impl Child for HelmRelease {
     const KIND: &'static str = "HelmRelease";
 }
 
-/// Server-side apply of the typed child (kube-derive writes apiVersion and kind; the
-/// desired child has no status).
-async fn apply<C: Child>(client: &Client, namespace: &str, child: &C) -> Result<C, Error> {
-    let name = child.name_any();
-    let api: Api<C> = Api::namespaced(client.clone(), namespace);
+/// The live child: the cached one when it already holds `desired`, else what a
+/// server-side apply of the typed child returns (kube-derive writes apiVersion and
+/// kind; the desired child has no status).
+async fn ensure_child<C>(client: &Client, cache: &Store<C>, desired: &C) -> Result<C, Error>
+where
+    C: Child + plan::Child,
+{
+    let name = desired.name_any();
+    let namespace = desired.namespace().unwrap_or_default();
+    let key = ObjectRef::new(&name).within(&namespace);
+    if let Some(live) = cache.get(&key)
+        && plan::child_up_to_date(desired, live.as_ref())
+    {
+        return Ok(C::clone(&live));
+    }
+    let api: Api<C> = Api::namespaced(client.clone(), &namespace);
     let applied = api
         .patch(
             &name,
             &PatchParams::apply(FIELD_MANAGER_OPERATOR).force(),
-            &Patch::Apply(child),
+            &Patch::Apply(desired),
         )
         .await
         .map_err(|source| Error::Apply {
