@@ -97,10 +97,11 @@ fn default_interval() -> GoDuration {
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct ChartRef {
-    /// Helm repository URL: `https://...` (index) or `oci://...` (registry).
+    /// Helm repository URL: `https://...` (index) or `oci://...` (registry), without
+    /// credentials (`user:password@` is refused: put them in a Secret for Flux).
     #[schemars(
         length(min = 1, max = 2048),
-        regex(pattern = r"^(https?|oci)://[^\s]+$")
+        regex(pattern = r"^(https?|oci)://[^\s/@]+(/[^\s]*)?$")
     )]
     pub repository: String,
     /// Chart name within the repository.

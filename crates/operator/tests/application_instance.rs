@@ -489,22 +489,28 @@ async fn invalid_instances_are_rejected_or_failed_and_others_keep_reconciling() 
     let _op = spawn_operator(&env, &ns, &format!("op-{}", unique_suffix()), &[])?;
     let api: Api<ApplicationInstance> = Api::namespaced(env.client.clone(), &ns);
 
-    // The schema rejects what it can express.
-    let mut bad = serde_json::to_value(instance("ftp", "1.0.0", None)?)?;
-    bad["spec"]["chart"]["repository"] = json!("ftp://example.org/charts");
+    // The schema rejects what it can express: another scheme, and credentials in the
+    // URL (they belong in a Secret; a URL is logged and shown in status).
     let dynamic: Api<DynamicObject> = Api::namespaced_with(
         env.client.clone(),
         &ns,
         &kube::core::ApiResource::erase::<ApplicationInstance>(&()),
     );
-    match dynamic
-        .create(&PostParams::default(), &serde_json::from_value(bad)?)
-        .await
-    {
-        Err(kube::Error::Api(s)) if s.code == 422 => {
-            ensure!(s.message.contains("repository"), "{}", s.message)
+    for (name, url) in [
+        ("ftp", "ftp://example.org/charts"),
+        ("creds", "https://deploy:hunter2@charts.example.org/stable"),
+    ] {
+        let mut bad = serde_json::to_value(instance(name, "1.0.0", None)?)?;
+        bad["spec"]["chart"]["repository"] = json!(url);
+        match dynamic
+            .create(&PostParams::default(), &serde_json::from_value(bad)?)
+            .await
+        {
+            Err(kube::Error::Api(s)) if s.code == 422 => {
+                ensure!(s.message.contains("spec.chart.repository"), "{}", s.message);
+            }
+            other => bail!("{url}: expected 422 from the schema, got {other:?}"),
         }
-        other => bail!("expected 422 from the schema, got {other:?}"),
     }
 
     // What the schema cannot express ends Failed with a reason.

@@ -90,12 +90,16 @@ pub(crate) async fn drive<C, S>(
             wait_until_served(&client, &kind, interval, &owner, &mut sink).await;
         }
         let mut events = std::pin::pin!(watcher(api.clone(), config.clone()).default_backoff());
+        let mut failures = FailureLog::default();
         loop {
             let Some(event) = events.next().await else {
                 return;
             };
             match event {
                 Ok(event) => {
+                    if let Some(failed) = failures.recovered() {
+                        info!(controller = %owner, kind = %kind, failures = failed, "watch recovered");
+                    }
                     let listed = matches!(event, watcher::Event::InitDone);
                     sink.event(event);
                     if listed {
@@ -106,7 +110,14 @@ pub(crate) async fn drive<C, S>(
                     }
                 }
                 Err(err) => {
-                    warn!(controller = %owner, kind = %kind, error = %err, "watch failed; retrying");
+                    if let Some(suppressed) = failures.failed() {
+                        // Bounded: an error may quote a whole response body.
+                        let text = err.to_string();
+                        let error = text
+                            .get(..text.floor_char_boundary(MAX_LOGGED_ERROR))
+                            .unwrap_or(&text);
+                        warn!(controller = %owner, kind = %kind, error, suppressed, "watch failed; retrying with backoff");
+                    }
                     if recheck.is_some() && matches!(is_served(&client, &kind).await, Ok(false)) {
                         info!(controller = %owner, kind = %kind, "optional kind is no longer served; forgetting its objects");
                         sink.event(watcher::Event::Init);
@@ -116,6 +127,45 @@ pub(crate) async fn drive<C, S>(
                 }
             }
         }
+    }
+}
+
+/// Longest error text a watch failure log line carries.
+const MAX_LOGGED_ERROR: usize = 512;
+
+/// At most one log line per [`FailureLog::EVERY`] while a watch keeps failing, saying
+/// how many failures it did not log; an outage costs a few lines, not one per retry.
+#[derive(Debug, Default)]
+struct FailureLog {
+    last_logged: Option<std::time::Instant>,
+    suppressed: u64,
+    total: u64,
+}
+
+impl FailureLog {
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
+    /// A failure: `Some(suppressed since the last line)` when it is to be logged.
+    fn failed(&mut self) -> Option<u64> {
+        self.total += 1;
+        let due = self
+            .last_logged
+            .is_none_or(|at| at.elapsed() >= Self::EVERY);
+        if due {
+            self.last_logged = Some(std::time::Instant::now());
+            Some(std::mem::take(&mut self.suppressed))
+        } else {
+            self.suppressed += 1;
+            None
+        }
+    }
+
+    /// An event arrived: `Some(failures)` if there were any since the last success.
+    fn recovered(&mut self) -> Option<u64> {
+        let total = std::mem::take(&mut self.total);
+        self.last_logged = None;
+        self.suppressed = 0;
+        (total > 0).then_some(total)
     }
 }
 
@@ -322,5 +372,22 @@ where
 
     fn state(&mut self, state: SyncState) {
         self.feed.status.set(self.index, state);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::FailureLog;
+
+    #[test]
+    fn failures_are_logged_once_per_interval_and_counted() {
+        let mut log = FailureLog::default();
+        assert_eq!(log.failed(), Some(0), "the first failure is logged");
+        for _ in 0..5 {
+            assert_eq!(log.failed(), None, "then held back");
+        }
+        assert_eq!(log.recovered(), Some(6));
+        assert_eq!(log.recovered(), None, "nothing to report twice");
+        assert_eq!(log.failed(), Some(0), "a new outage logs at once");
     }
 }
