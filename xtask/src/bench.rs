@@ -27,7 +27,9 @@ use vworkspace_testkit::binaries::{self, K8sBinaries};
 use vworkspace_testkit::cluster::{self, Lifetime, LocalCluster};
 use vworkspace_testkit::fixtures::{self, OperatorProcess};
 use vworkspace_testkit::prom::Exposition;
-use vworkspace_testkit::sim::flux::FluxSimulator;
+use vworkspace_testkit::sim::flux::{
+    self as flux, DEFAULT_MAX_IN_FLIGHT, FluxOptions, FluxSimulator, FluxStats,
+};
 
 /// The controller whose numbers are reported (its `controller` metric label).
 const CONTROLLER: &str = "applicationinstance";
@@ -45,6 +47,14 @@ pub const USAGE: &str = "\
                         --workers W     operator --max-concurrent-reconciles [4]
                         --in-flight K   concurrent creates [16]
                         --timeout SECS  give up waiting for Ready after SECS [900]
+                        --flux-in-flight F
+                                        HelmReleases (and HelmRepositories) the simulated
+                                        Flux works on at once [32]
+                        --sim-releases S
+                                        first time the simulated Flux alone on S
+                                        pre-created HelmReleases; 0 skips it [1000]
+                        --simulator-only
+                                        only that (no operator); print, leave the doc alone
                         --no-doc        print the results only; leave the doc alone";
 
 /// Parameters of one run.
@@ -55,6 +65,9 @@ struct Options {
     workers: usize,
     in_flight: usize,
     timeout: Duration,
+    flux_in_flight: usize,
+    sim_releases: usize,
+    simulator_only: bool,
     write_doc: bool,
 }
 
@@ -66,6 +79,9 @@ impl Default for Options {
             workers: 4,
             in_flight: 16,
             timeout: Duration::from_secs(15 * 60),
+            flux_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            sim_releases: 1000,
+            simulator_only: false,
             write_doc: true,
         }
     }
@@ -80,28 +96,49 @@ impl Options {
                 Some((f, v)) if f.starts_with("--") => (f, Some(v)),
                 _ => (arg, None),
             };
-            if flag == "--no-doc" {
-                o.write_doc = false;
-                continue;
+            match flag {
+                "--no-doc" => {
+                    o.write_doc = false;
+                    continue;
+                }
+                "--simulator-only" => {
+                    o.simulator_only = true;
+                    o.write_doc = false;
+                    continue;
+                }
+                _ => {}
             }
-            let mut number = || -> Result<usize> {
-                let v = match inline {
-                    Some(v) => v,
+            let mut value = || -> Result<&str> {
+                match inline {
+                    Some(v) => Ok(v),
                     None => args
                         .next()
-                        .with_context(|| format!("{flag} needs a value\n\n{USAGE}"))?,
-                };
+                        .with_context(|| format!("{flag} needs a value\n\n{USAGE}")),
+                }
+            };
+            let count = |v: &str, zero_ok: bool| -> Result<usize> {
                 v.parse()
                     .ok()
-                    .filter(|n| *n > 0)
-                    .with_context(|| format!("{flag} needs a positive integer, not {v:?}"))
+                    .filter(|n| zero_ok || *n > 0)
+                    .with_context(|| {
+                        let what = if zero_ok {
+                            "an integer"
+                        } else {
+                            "a positive integer"
+                        };
+                        format!("{flag} needs {what}, not {v:?}")
+                    })
             };
             match flag {
-                "--instances" => o.instances = number()?,
-                "--namespaces" => o.namespaces = number()?,
-                "--workers" => o.workers = number()?,
-                "--in-flight" => o.in_flight = number()?,
-                "--timeout" => o.timeout = Duration::from_secs(u64::try_from(number()?)?),
+                "--instances" => o.instances = count(value()?, false)?,
+                "--namespaces" => o.namespaces = count(value()?, false)?,
+                "--workers" => o.workers = count(value()?, false)?,
+                "--in-flight" => o.in_flight = count(value()?, false)?,
+                "--timeout" => {
+                    o.timeout = Duration::from_secs(u64::try_from(count(value()?, false)?)?);
+                }
+                "--flux-in-flight" => o.flux_in_flight = count(value()?, false)?,
+                "--sim-releases" => o.sim_releases = count(value()?, true)?,
                 other => bail!("unknown flag {other:?} for bench\n\n{USAGE}"),
             }
         }
@@ -121,7 +158,11 @@ pub async fn run(args: &[&str]) -> Result<ExitCode> {
         .context("locating the workspace root")?;
     let bins = K8sBinaries::ensure()?;
     // Compile before the cluster starts: on two cores the two would slow each other.
-    let binary = build_operator(&root).await?;
+    let binary = if opts.simulator_only {
+        None
+    } else {
+        Some(build_operator(&root).await?)
+    };
 
     let load_before = load_average();
     let dir = binaries::cache_root()?
@@ -139,7 +180,13 @@ pub async fn run(args: &[&str]) -> Result<ExitCode> {
         eprintln!("bench:   {name:<24} pid {pid}");
     }
 
-    let outcome = measure(&cluster, &binary, &dir, &opts).await;
+    let outcome = match &binary {
+        Some(binary) => measure(&cluster, binary, &dir, &opts).await.map(Some),
+        None => simulator_only(&cluster, &opts).await.map(|sim| {
+            println!("\n{}", sim.summary());
+            None
+        }),
+    };
 
     cluster.stop()?;
     let left = cluster::processes_under(&dir);
@@ -153,7 +200,9 @@ pub async fn run(args: &[&str]) -> Result<ExitCode> {
         dir.display()
     );
 
-    let results = outcome?;
+    let Some(results) = outcome? else {
+        return Ok(ExitCode::SUCCESS);
+    };
     let machine = Machine::read(&root, load_before);
     println!("{}", results.table(&machine));
     if opts.write_doc {
@@ -189,6 +238,8 @@ async fn build_operator(root: &Path) -> Result<PathBuf> {
 #[derive(Debug)]
 struct Results {
     opts: Options,
+    /// The simulated Flux alone, before the operator started.
+    sim: Option<SimPhase>,
     /// Time to create every instance (from before the first create).
     created_in: Duration,
     /// Time from before the first create until half of the instances were Ready.
@@ -249,7 +300,7 @@ impl Results {
             })
             .collect::<Vec<_>>()
             .join(", ");
-        vec![
+        let mut rows = vec![
             (
                 "Instances / namespaces".into(),
                 format!("{} / {}", o.instances, o.namespaces),
@@ -334,7 +385,12 @@ impl Results {
                     self.log_warnings.len()
                 ),
             ),
-        ]
+        ];
+        if let Some(sim) = &self.sim {
+            rows.insert(2, (sim.label(), sim.value()));
+            rows.insert(3, ("Simulated Flux alone: CPU".into(), sim.cpu_value()));
+        }
+        rows
     }
 
     fn table(&self, machine: &Machine) -> String {
@@ -438,13 +494,8 @@ fn distinct(lines: &[String], max: usize) -> Vec<String> {
         .collect()
 }
 
-/// Steps 1–4 against a running cluster; the operator and the simulator stop on return.
-async fn measure(
-    cluster: &LocalCluster,
-    binary: &Path,
-    dir: &Path,
-    opts: &Options,
-) -> Result<Results> {
+/// The CRDs and the namespaces `bench-0` … `bench-<M-1>`; the client and the names.
+async fn prepare(cluster: &LocalCluster, opts: &Options) -> Result<(Client, Vec<String>)> {
     let client = cluster.client().await?;
     fixtures::apply_crds(&client, &fixtures::operator_crd_files()?)
         .await
@@ -458,8 +509,43 @@ async fn measure(
         "bench: CRDs installed, {} namespaces created",
         namespaces.len()
     );
+    Ok((client, namespaces))
+}
 
-    let simulator = FluxSimulator::start(client.clone(), None);
+/// `--simulator-only`: the cluster, the CRDs, the namespaces and the simulator phase.
+async fn simulator_only(cluster: &LocalCluster, opts: &Options) -> Result<SimPhase> {
+    let (client, namespaces) = prepare(cluster, opts).await?;
+    simulator_phase(
+        cluster,
+        &client,
+        &namespaces,
+        opts.sim_releases.max(1),
+        opts,
+    )
+    .await
+}
+
+/// Steps 1–4 against a running cluster; the operator and the simulator stop on return.
+async fn measure(
+    cluster: &LocalCluster,
+    binary: &Path,
+    dir: &Path,
+    opts: &Options,
+) -> Result<Results> {
+    let (client, namespaces) = prepare(cluster, opts).await?;
+    let sim = if opts.sim_releases > 0 {
+        Some(simulator_phase(cluster, &client, &namespaces, opts.sim_releases, opts).await?)
+    } else {
+        None
+    };
+
+    let simulator = FluxSimulator::start_with(
+        client.clone(),
+        None,
+        FluxOptions {
+            max_in_flight: opts.flux_in_flight,
+        },
+    );
     let workers = format!("--max-concurrent-reconciles={}", opts.workers);
     let mut operator = OperatorProcess::spawn(
         binary,
@@ -522,6 +608,7 @@ async fn measure(
     let (log_errors, log_warnings) = scan_log(&operator.log);
     Ok(Results {
         opts: opts.clone(),
+        sim,
         created_in,
         half_ready: progress.half_ready,
         all_ready: progress.all_ready,
@@ -537,20 +624,251 @@ async fn measure(
         ),
         rest_by_method_code: metrics.sum_by("rest_client_requests_total", &[], &["method", "code"]),
         peak_rss,
-        cpu: cpu_after
-            .into_iter()
-            .map(|(name, after)| {
-                let before = cpu_before
-                    .iter()
-                    .find(|(n, _)| *n == name)
-                    .map_or(0.0, |(_, b)| *b);
-                (name, after - before)
-            })
-            .collect(),
+        cpu: diff_cpu(&cpu_before, cpu_after),
         log_errors,
         log_warnings,
         run_dir: dir.to_owned(),
     })
+}
+
+/// The label on the objects of the simulator phase, so that they can be deleted
+/// before the operator starts.
+const SIM_LABEL: (&str, &str) = ("bench.vworkspace.io/phase", "simulator");
+
+/// The simulated Flux on its own: what it takes to bring pre-created HelmReleases
+/// (and their HelmRepositories) to Ready with no operator running.
+#[derive(Debug, Clone)]
+struct SimPhase {
+    releases: usize,
+    in_flight: usize,
+    /// Time to create the objects (before the simulator started).
+    created_in: Duration,
+    /// From the simulator's start until every release and repository had its status
+    /// written (and a list confirmed every release Ready).
+    all_ready: Option<Duration>,
+    stats: FluxStats,
+    /// CPU seconds of the control plane and of this process during the phase.
+    cpu: Vec<(String, f64)>,
+}
+
+impl SimPhase {
+    fn label(&self) -> String {
+        format!(
+            "Simulated Flux alone: {n} HelmReleases + {n} HelmRepositories to Ready ({k} in flight, no operator)",
+            n = self.releases,
+            k = self.in_flight
+        )
+    }
+
+    fn value(&self) -> String {
+        let writes = self.stats.writes as f64;
+        match self.all_ready {
+            Some(d) => format!(
+                "{} ({:.0} status writes, {:.0}/s)",
+                secs(d),
+                writes,
+                writes / d.as_secs_f64().max(f64::EPSILON)
+            ),
+            None => format!(
+                "not reached: {} releases, {} repositories done",
+                self.stats.releases, self.stats.repositories
+            ),
+        }
+    }
+
+    fn cpu_value(&self) -> String {
+        self.cpu
+            .iter()
+            .map(|(name, secs)| format!("{name} {secs:.1} s"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    fn summary(&self) -> String {
+        format!(
+            "{}\n  {}\n  created in {}; CPU during the phase: {}",
+            self.label(),
+            self.value(),
+            secs(self.created_in),
+            self.cpu_value()
+        )
+    }
+}
+
+/// Create `n` HelmRepositories and HelmReleases (`sim-<i>` in `bench-<i mod M>`), start
+/// the simulator, wait until it has written every status, check with a list, then
+/// delete them all again.
+async fn simulator_phase(
+    cluster: &LocalCluster,
+    client: &Client,
+    namespaces: &[String],
+    n: usize,
+    opts: &Options,
+) -> Result<SimPhase> {
+    let labelled = |mut obj: kube::api::DynamicObject| {
+        obj.metadata.labels = Some([(SIM_LABEL.0.to_owned(), SIM_LABEL.1.to_owned())].into());
+        obj
+    };
+    let started = Instant::now();
+    futures::stream::iter(0..n)
+        .map(|i| {
+            let namespace = &namespaces[i % namespaces.len()];
+            async move {
+                let name = format!("sim-{i}");
+                let repo = labelled(flux::helm_repository(
+                    namespace,
+                    &name,
+                    "https://charts.example.com/bench",
+                )?);
+                let release = labelled(flux::helm_release(namespace, &name, "podinfo", "6.7.0")?);
+                for (resource, obj) in [
+                    (flux::helm_repository_resource(), repo),
+                    (flux::helm_release_resource(), release),
+                ] {
+                    Api::namespaced_with(client.clone(), namespace, &resource)
+                        .create(&PostParams::default(), &obj)
+                        .await
+                        .with_context(|| {
+                            format!("creating {} {namespace}/{name}", resource.kind)
+                        })?;
+                }
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(opts.in_flight)
+        .try_collect::<Vec<()>>()
+        .await?;
+    let created_in = started.elapsed();
+    eprintln!(
+        "bench: simulator phase: created {n} HelmRepositories and HelmReleases in {}",
+        secs(created_in)
+    );
+
+    let mut pids = cluster.pids();
+    pids.push(("xtask (Flux simulator)".to_owned(), std::process::id()));
+    let cpu_before = cpu_times(&pids);
+    let t0 = Instant::now();
+    let simulator = FluxSimulator::start_with(
+        client.clone(),
+        None,
+        FluxOptions {
+            max_in_flight: opts.flux_in_flight,
+        },
+    );
+    let deadline = Duration::from_secs(300);
+    let mut all_ready = None;
+    let mut last_report = Instant::now();
+    while t0.elapsed() < deadline {
+        let stats = simulator.stats();
+        if stats.releases >= n as u64 && stats.repositories >= n as u64 {
+            all_ready = Some(t0.elapsed());
+            break;
+        }
+        if last_report.elapsed() >= Duration::from_secs(1) {
+            last_report = Instant::now();
+            eprintln!(
+                "bench: simulator phase: {}/{n} releases, {}/{n} repositories ({})",
+                stats.releases,
+                stats.repositories,
+                secs(t0.elapsed())
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let cpu_after = cpu_times(&pids);
+    let stats = simulator.stats();
+    drop(simulator);
+    let cpu = diff_cpu(&cpu_before, cpu_after);
+
+    let selector = format!("{}={}", SIM_LABEL.0, SIM_LABEL.1);
+    let releases: Api<kube::api::DynamicObject> =
+        Api::all_with(client.clone(), &flux::helm_release_resource());
+    let listed = releases
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .context("listing the simulator phase's HelmReleases")?;
+    let ready = listed
+        .items
+        .iter()
+        .filter(|hr| {
+            let status = &hr.data["status"];
+            status["observedGeneration"].as_i64() == hr.metadata.generation
+                && status["conditions"].as_array().is_some_and(|c| {
+                    c.iter()
+                        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                })
+        })
+        .count();
+    if all_ready.is_some() && ready != n {
+        bail!("the simulator reported {n} releases done, but a list shows {ready} Ready");
+    }
+    eprintln!(
+        "bench: simulator phase: {ready}/{n} Ready after {}; deleting them",
+        all_ready.map_or_else(|| "the deadline".to_owned(), secs)
+    );
+
+    // Leave nothing for the operator to list or watch.
+    let params = ListParams::default().labels(&selector);
+    futures::stream::iter(namespaces)
+        .map(|namespace| {
+            let params = params.clone();
+            async move {
+                for resource in [
+                    flux::helm_release_resource(),
+                    flux::helm_repository_resource(),
+                ] {
+                    Api::<kube::api::DynamicObject>::namespaced_with(
+                        client.clone(),
+                        namespace,
+                        &resource,
+                    )
+                    .delete_collection(&kube::api::DeleteParams::default(), &params)
+                    .await
+                    .with_context(|| format!("deleting the {}s in {namespace}", resource.kind))?;
+                }
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(opts.in_flight)
+        .try_collect::<Vec<()>>()
+        .await?;
+    for resource in [
+        flux::helm_release_resource(),
+        flux::helm_repository_resource(),
+    ] {
+        let api: Api<kube::api::DynamicObject> = Api::all_with(client.clone(), &resource);
+        vworkspace_testkit::env::poll_until(
+            Duration::from_secs(60),
+            &format!("the simulator phase's {}s to be gone", resource.kind),
+            || async {
+                let left = api.list(&params).await.ok()?;
+                left.items.is_empty().then_some(())
+            },
+        )
+        .await?;
+    }
+    Ok(SimPhase {
+        releases: n,
+        in_flight: opts.flux_in_flight,
+        created_in,
+        all_ready,
+        stats,
+        cpu,
+    })
+}
+
+/// CPU seconds used between two [`cpu_times`] readings.
+fn diff_cpu(before: &[(String, f64)], after: Vec<(String, f64)>) -> Vec<(String, f64)> {
+    after
+        .into_iter()
+        .map(|(name, after)| {
+            let before = before
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map_or(0.0, |(_, b)| *b);
+            (name, after - before)
+        })
+        .collect()
 }
 
 async fn create_namespaces(client: &Client, names: &[String], in_flight: usize) -> Result<()> {
