@@ -252,6 +252,9 @@ pub mod application_instance {
         pub const VALUES_SOURCE_MISSING: &str = "ValuesSourceMissing";
         /// Reconciling=False: `spec.suspend` is true; nothing is applied until it is cleared.
         pub const SUSPENDED: &str = "Suspended";
+        /// Ready=False, Failed=True: the namespace lacks
+        /// `app.vworkspace.io/managed-by=vworkspace`; nothing is created there.
+        pub const NAMESPACE_NOT_MANAGED: &str = "NamespaceNotManaged";
 
         /// Every ApplicationInstance reason.
         pub const ALL: &[&str] = &[
@@ -266,6 +269,7 @@ pub mod application_instance {
             INVALID_SPEC,
             VALUES_SOURCE_MISSING,
             SUSPENDED,
+            NAMESPACE_NOT_MANAGED,
         ];
     }
 }

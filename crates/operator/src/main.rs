@@ -17,7 +17,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context as _, Result};
+use k8s_openapi::api::core::v1::Namespace;
 use kube::api::Api;
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
@@ -175,9 +177,16 @@ async fn run(opts: Options) -> Result<ExitCode> {
     let ours = watcher::Config::default().labels(labels::APPLICATION_INSTANCE);
     let releases = SharedWatch::new(releases, ours.clone());
     let repositories = SharedWatch::new(repositories, ours);
+    // The managed namespaces: instances elsewhere get no children (NamespaceNotManaged),
+    // and labelling a namespace reconciles the instances in it.
+    let namespaces = SharedWatch::new(
+        Api::<Namespace>::all(client.clone()),
+        watcher::Config::default().labels(&labels::managed_namespace_selector()),
+    );
     let ai_ctx = Arc::new(controllers::application_instance::Context {
         client: client.clone(),
         publisher: publisher.clone(),
+        namespaces: namespaces.store(),
         releases: releases.store(),
         repositories: repositories.store(),
         written: controllers::application_instance::WrittenVersions::default(),
@@ -186,34 +195,48 @@ async fn run(opts: Options) -> Result<ExitCode> {
         controllers::application_instance::NAME,
         instances,
         &runtime_metrics,
-    )
-    .owns_shared(&releases)
-    // The repository's status is not an input of the plan: its cache is read when
-    // applying, and its changes reconcile nothing.
-    .watches_shared(&repositories, |_: &HelmRepository| None)
-    .ignore_primary_changes({
-        let written = ai_ctx.written.clone();
-        move |obj: &ApplicationInstance| written.is_own_write(obj)
-    })
-    .report_errors(controllers::application_instance::reporter(Arc::clone(
-        &ai_ctx,
-    )))
-    .max_concurrent_reconciles(opts.max_concurrent_reconciles.get())
-    .on_reconcile({
-        let metrics = reconcile_metrics.clone();
-        move |outcome| {
-            let result = match outcome.result {
-                ReconcileResult::Success => SpecResult::Success,
-                ReconcileResult::Error => SpecResult::Error,
-                ReconcileResult::Requeue | ReconcileResult::RequeueAfter => SpecResult::Requeue,
-            };
-            metrics.record_reconcile(
-                ControllerLabel::ApplicationInstance,
-                result,
-                outcome.duration,
-            );
+    );
+    let instances_in = {
+        let cached = ai_controller.store();
+        move |ns: &Namespace| -> Vec<ObjectRef<ApplicationInstance>> {
+            let name = ns.metadata.name.as_deref();
+            cached
+                .state()
+                .iter()
+                .filter(|obj| obj.metadata.namespace.as_deref() == name)
+                .map(|obj| ObjectRef::from_obj(obj.as_ref()))
+                .collect()
         }
-    });
+    };
+    let ai_controller = ai_controller
+        .owns_shared(&releases)
+        .watches_shared(&namespaces, instances_in)
+        // The repository's status is not an input of the plan: its cache is read when
+        // applying, and its changes reconcile nothing.
+        .watches_shared(&repositories, |_: &HelmRepository| None)
+        .ignore_primary_changes({
+            let written = ai_ctx.written.clone();
+            move |obj: &ApplicationInstance| written.is_own_write(obj)
+        })
+        .report_errors(controllers::application_instance::reporter(Arc::clone(
+            &ai_ctx,
+        )))
+        .max_concurrent_reconciles(opts.max_concurrent_reconciles.get())
+        .on_reconcile({
+            let metrics = reconcile_metrics.clone();
+            move |outcome| {
+                let result = match outcome.result {
+                    ReconcileResult::Success => SpecResult::Success,
+                    ReconcileResult::Error => SpecResult::Error,
+                    ReconcileResult::Requeue | ReconcileResult::RequeueAfter => SpecResult::Requeue,
+                };
+                metrics.record_reconcile(
+                    ControllerLabel::ApplicationInstance,
+                    result,
+                    outcome.duration,
+                );
+            }
+        });
 
     let readiness = Readiness::new();
     readiness.add(ai_controller.status());

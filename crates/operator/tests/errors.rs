@@ -13,7 +13,7 @@ use k8s_openapi::api::admissionregistration::v1::{
     ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
 };
 use k8s_openapi::api::events::v1::Event;
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
@@ -154,6 +154,28 @@ async fn a_forbidden_apply_is_reported_on_the_object_and_clears_once_fixed() -> 
             }))?,
         )
         .await?;
+    // Cluster-wide: which namespaces are managed.
+    let cluster_roles: Api<ClusterRole> = Api::all(env.client.clone());
+    let cluster_role = format!("vws-{ns}-namespaces");
+    cluster_roles
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": { "name": cluster_role },
+                "rules": [{ "apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"] }]
+            }))?,
+        )
+        .await?;
+    Api::<ClusterRoleBinding>::all(env.client.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": { "name": cluster_role },
+                "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": cluster_role },
+                "subjects": [{ "kind": "ServiceAccount", "name": "operator", "namespace": ns }]
+            }))?,
+        )
+        .await?;
     let kubeconfig = env.kubeconfig_for_service_account(&ns, "operator").await?;
     let dir = std::env::temp_dir().join(format!("vws-e2e-{ns}-restricted"));
     let mut op = OperatorProcess::spawn(
@@ -261,6 +283,82 @@ async fn a_name_that_does_not_fit_its_label_fails_naming_the_field() -> Result<(
     )
     .await?;
     ensure!(events[1].1 == "Warning" && events[1].2 == failed);
+    audit_mirrors_events(&op, &events)?;
+    op.ensure_running()?;
+    let _ = op.terminate();
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_unmanaged_namespace_gets_no_children_until_it_is_labelled() -> Result<()> {
+    let env = TestEnv::shared().await?;
+    install_crds(&env).await?;
+    let ns = env.fresh_unmanaged_namespace("unmanaged").await?;
+    let _flux = FluxSimulator::start(env.client.clone(), Some(&ns));
+    let mut op = spawn_operator(&env, &ns, &format!("op-{}", unique_suffix()), &[])?;
+    let api: Api<ApplicationInstance> = Api::namespaced(env.client.clone(), &ns);
+    api.create(&PostParams::default(), &instance("app", json!({}))?)
+        .await?;
+    let failed = poll_until(LIMIT, "Failed=True/NamespaceNotManaged", || async {
+        let obj = api.get("app").await.ok()?;
+        condition(&obj, "Failed")
+            .filter(|c| c.0 == "True" && c.1 == "NamespaceNotManaged")
+            .map(|c| c.2)
+    })
+    .await?;
+    ensure!(
+        failed.contains("app.vworkspace.io/managed-by=vworkspace"),
+        "names the label: {failed}"
+    );
+    let releases: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        env.client.clone(),
+        &ns,
+        &vworkspace_testkit::sim::flux::helm_release_resource(),
+    );
+    let repositories: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        env.client.clone(),
+        &ns,
+        &vworkspace_testkit::sim::flux::helm_repository_resource(),
+    );
+    ensure!(
+        releases
+            .list(&ListParams::default())
+            .await?
+            .items
+            .is_empty(),
+        "no HelmRelease"
+    );
+    ensure!(
+        repositories
+            .list(&ListParams::default())
+            .await?
+            .items
+            .is_empty(),
+        "no HelmRepository"
+    );
+
+    // Labelling the namespace reconciles the instance in it, without touching the instance.
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(env.client.clone())
+        .patch(
+            &ns,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "metadata": { "labels": { "app.vworkspace.io/managed-by": "vworkspace" } } })),
+        )
+        .await?;
+    poll_until(LIMIT, "Ready=True once managed", || async {
+        let obj = api.get("app").await.ok()?;
+        condition(&obj, "Ready")
+            .filter(|c| c.0 == "True")
+            .map(|_| ())
+    })
+    .await?;
+    let events = wait_event_reasons(
+        &env.client,
+        &ns,
+        "app",
+        &["ReconcileStarted", "ReconcileFailed", "ReconcileSucceeded"],
+    )
+    .await?;
     audit_mirrors_events(&op, &events)?;
     op.ensure_running()?;
     let _ = op.terminate();

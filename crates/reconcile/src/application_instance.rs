@@ -375,6 +375,8 @@ pub enum Observed<'a> {
     Invalid(&'a InvalidSpec),
     /// Required values sources are missing; nothing was applied.
     MissingSources(&'a [&'a ValuesReference]),
+    /// The namespace is not managed by vWorkspace; nothing was applied.
+    NamespaceNotManaged,
     /// The children are in place; this is the live HelmRelease.
     Applied {
         /// The validated spec.
@@ -434,6 +436,21 @@ fn judge(obj: &ApplicationInstance, observed: Observed<'_>) -> Verdict {
                 reconciling: (False, ai::reasons::VALUES_SOURCE_MISSING, msg),
                 release: previous_release,
                 waiting: true,
+            }
+        }
+        Observed::NamespaceNotManaged => {
+            let msg = format!(
+                "namespace {} is not managed by vWorkspace (it lacks the label {}={}); nothing is created in it",
+                obj.metadata.namespace.as_deref().unwrap_or_default(),
+                labels::MANAGED_BY,
+                labels::MANAGED_BY_VALUE,
+            );
+            Verdict {
+                ready: (False, ai::reasons::NAMESPACE_NOT_MANAGED, msg.clone()),
+                failed: (True, ai::reasons::NAMESPACE_NOT_MANAGED, msg.clone()),
+                reconciling: (False, ai::reasons::NAMESPACE_NOT_MANAGED, msg),
+                release: previous_release,
+                waiting: false,
             }
         }
         Observed::Applied { spec, release } => judge_release(obj, spec, release, previous_release),
@@ -1130,5 +1147,30 @@ mod tests {
         let mut unlabelled = live;
         unlabelled.metadata.labels = None;
         assert!(!child_up_to_date(&hr, &unlabelled));
+    }
+
+    #[test]
+    fn an_unmanaged_namespace_fails_and_says_which_label_is_missing() {
+        let obj = instance(1, "1.0.0");
+        let plan = plan_status(&obj, Observed::NamespaceNotManaged, &at(0));
+        assert_eq!(
+            reasons(&plan),
+            [events::RECONCILE_STARTED, events::RECONCILE_FAILED]
+        );
+        assert_eq!(
+            status_of(&plan, ai::FAILED),
+            ("True".into(), ai::reasons::NAMESPACE_NOT_MANAGED.into())
+        );
+        assert!(
+            plan.transitions[1]
+                .message
+                .contains("org-a is not managed by vWorkspace (it lacks the label app.vworkspace.io/managed-by=vworkspace)"),
+            "{}",
+            plan.transitions[1].message
+        );
+        assert!(
+            !plan.waiting,
+            "the namespace watch reconciles it when it is labelled"
+        );
     }
 }

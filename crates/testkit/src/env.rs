@@ -69,13 +69,28 @@ impl TestEnv {
         })
     }
 
-    /// Create a namespace `t-<prefix>-<unique>` and wait until its default service
+    /// Create a namespace `t-<prefix>-<unique>`, managed by vWorkspace (labelled
+    /// `app.vworkspace.io/managed-by=vworkspace`), and wait until its default service
     /// account exists (so Pods can be admitted in it).
     pub async fn fresh_namespace(&self, prefix: &str) -> Result<String> {
+        self.namespace_with(prefix, true).await
+    }
+
+    /// Like [`fresh_namespace`](Self::fresh_namespace), but without the managed-by label.
+    pub async fn fresh_unmanaged_namespace(&self, prefix: &str) -> Result<String> {
+        self.namespace_with(prefix, false).await
+    }
+
+    async fn namespace_with(&self, prefix: &str, managed: bool) -> Result<String> {
         let name = format!("t-{prefix}-{}", unique_suffix());
         let namespaces: Api<Namespace> = Api::all(self.client.clone());
+        let mut labels = serde_json::json!({ "testkit.vworkspace.io/test": prefix });
+        if managed {
+            labels["app.vworkspace.io/managed-by"] = serde_json::json!("vworkspace");
+            labels["app.vworkspace.io/org-id"] = serde_json::json!("org-e2e");
+        }
         let ns: Namespace = serde_json::from_value(serde_json::json!({
-            "metadata": { "name": name, "labels": { "testkit.vworkspace.io/test": prefix } }
+            "metadata": { "name": name, "labels": labels }
         }))?;
         namespaces
             .create(&PostParams::default(), &ns)

@@ -499,8 +499,15 @@ async fn create_namespaces(client: &Client, names: &[String], in_flight: usize) 
         .map(|name| {
             let api = api.clone();
             async move {
-                let ns: Namespace =
-                    serde_json::from_value(serde_json::json!({ "metadata": { "name": name } }))?;
+                // Managed, as an organization's namespace is: the operator creates
+                // nothing in a namespace without the label.
+                let ns: Namespace = serde_json::from_value(serde_json::json!({ "metadata": {
+                    "name": name,
+                    "labels": {
+                        "app.vworkspace.io/managed-by": "vworkspace",
+                        "app.vworkspace.io/org-id": "bench",
+                    }
+                } }))?;
                 api.create(&PostParams::default(), &ns)
                     .await
                     .with_context(|| format!("creating namespace {name}"))?;

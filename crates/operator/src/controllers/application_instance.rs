@@ -32,7 +32,7 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use kube::runtime::reflector::{ObjectRef, Store};
 
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
@@ -61,6 +61,8 @@ pub struct Context {
     pub client: Client,
     /// Transition publisher.
     pub publisher: Publisher,
+    /// Cached managed namespaces (only those carrying the managed-by label).
+    pub namespaces: Store<Namespace>,
     /// Cached HelmReleases (the operator's children only).
     pub releases: Store<HelmRelease>,
     /// Cached HelmRepositories (the operator's children only).
@@ -235,7 +237,9 @@ async fn reconcile_instance(cached: &ApplicationInstance, ctx: &Context) -> Resu
     tracing::info!(generation = obj.metadata.generation, "reconcile started");
     let now = Time(Timestamp::now());
 
+    let managed = ctx.namespaces.get(&ObjectRef::new(&namespace)).is_some();
     let status_plan = match plan::validate(obj) {
+        _ if !managed => plan::plan_status(obj, Observed::NamespaceNotManaged, &now),
         Err(why) => {
             tracing::warn!(reason = why.category(), "invalid spec: {why}");
             plan::plan_status(obj, Observed::Invalid(&why), &now)
