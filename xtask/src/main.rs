@@ -2,7 +2,8 @@
 //!
 //! * `k8s build|path`       build (or locate) the upstream Kubernetes binaries
 //! * `cluster up|down|status` a local cluster for a person, outliving the command
-//! * `test [ARGS]`          build what is missing, start a cluster, run every test, stop it
+//! * `test [ARGS]`          fmt, clippy and cargo deny; build what is missing, start a
+//!   cluster, run every test, stop it
 //! * `demo`                 start everything and show how to look at it
 //! * `bench [FLAGS]`        measure the ApplicationInstance controller, update docs/benchmarks.md
 
@@ -26,7 +27,8 @@ commands:
   cluster up          start a local cluster in the background and print its KUBECONFIG
   cluster down        stop the cluster started by `cluster up`
   cluster status      show whether that cluster is running
-  test [ARGS...]      run the whole test suite against a fresh local cluster
+  test [ARGS...]      check formatting, clippy (-D warnings) and cargo deny, then run
+                      the whole test suite against a fresh local cluster
                       (ARGS go to `cargo test`, e.g. `cargo xtask test -p vworkspace-testkit`)
   demo                start the cluster, simulated Flux and the operator, create sample
                       applications and print the panes (Ctrl-C stops everything)
@@ -157,8 +159,9 @@ fn print_usage(kubeconfig: &Path, bin_dir: &Path) {
     );
 }
 
-/// Build, start one cluster for the whole run, run every test, stop the cluster and
-/// prove that nothing it started is still running.
+/// Check formatting, clippy and cargo deny; build, start one cluster for the whole
+/// run, run every test, stop the cluster and prove that nothing it started is still
+/// running.
 async fn test(extra: &[&str]) -> Result<ExitCode> {
     let root = workspace_root();
     let t0 = Instant::now();
@@ -176,6 +179,27 @@ async fn test(extra: &[&str]) -> Result<ExitCode> {
     if !fmt.success() {
         bail!("the code is not formatted: run `cargo fmt --all`");
     }
+
+    // What the README asks before every commit, enforced here (and so on CI).
+    let clippy = tokio::process::Command::new(env!("CARGO"))
+        .current_dir(&root)
+        .args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ])
+        .status()
+        .await?;
+    if !clippy.success() {
+        bail!("clippy found problems: `cargo clippy --workspace --all-targets -- -D warnings`");
+    }
+    eprintln!("xtask test: clippy clean ({:.0?})", t0.elapsed());
+
+    cargo_deny(&root).await?;
+    eprintln!("xtask test: cargo deny clean ({:.0?})", t0.elapsed());
 
     ensure_promtool().await?;
 
@@ -231,6 +255,101 @@ async fn test(extra: &[&str]) -> Result<ExitCode> {
         Some(s) if s.success() => ExitCode::SUCCESS,
         _ => ExitCode::FAILURE,
     })
+}
+
+/// The cargo-deny release `cargo xtask test` installs when `cargo deny` is missing
+/// (its MSRV is 1.88; it builds with the pinned toolchain).
+const CARGO_DENY_VERSION: &str = "0.20.2";
+
+/// `cargo deny check` with `deny.toml`: licenses, bans and sources always; advisories
+/// only when a copy of the advisory database is already on this machine, because
+/// fetching it needs GitHub (see deny.toml and docs/decisions.md).
+async fn cargo_deny(root: &Path) -> Result<()> {
+    ensure_cargo_deny().await?;
+    let mut cmd = tokio::process::Command::new(env!("CARGO"));
+    cmd.current_dir(root).args(["deny", "check"]);
+    match advisory_db() {
+        Some(db) => {
+            eprintln!(
+                "xtask test: cargo deny: advisories from the local copy in {} (not fetched)",
+                db.display()
+            );
+            cmd.arg("--disable-fetch");
+        }
+        None => {
+            eprintln!(
+                "xtask test: cargo deny: no local advisory database in {}; checking licenses, \
+                 bans and sources only (`cargo deny fetch` where GitHub is reachable adds advisories)",
+                advisory_db_root().display()
+            );
+            cmd.args(["licenses", "bans", "sources"]);
+        }
+    }
+    if !cmd.status().await.context("running cargo deny")?.success() {
+        bail!("cargo deny check failed (policy in deny.toml)");
+    }
+    Ok(())
+}
+
+/// `db-path` of deny.toml: `$CARGO_HOME/advisory-dbs`.
+fn advisory_db_root() -> PathBuf {
+    std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .unwrap_or_else(|| PathBuf::from(".cargo"))
+        .join("advisory-dbs")
+}
+
+/// A fetched RustSec database under [`advisory_db_root`]: cargo-deny clones it into
+/// `advisory-db-<hash of the URL>/`, with the advisories under `crates/` (a failed
+/// fetch leaves only a lock file behind).
+fn advisory_db() -> Option<PathBuf> {
+    std::fs::read_dir(advisory_db_root())
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|dir| {
+            dir.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("advisory-db-"))
+                && dir.join("crates").is_dir()
+        })
+}
+
+/// Install cargo-deny when `cargo deny` is missing.
+async fn ensure_cargo_deny() -> Result<()> {
+    let present = tokio::process::Command::new(env!("CARGO"))
+        .args(["deny", "--version"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .await
+        .is_ok_and(|s| s.success());
+    if present {
+        return Ok(());
+    }
+    eprintln!(
+        "xtask test: installing cargo-deny {CARGO_DENY_VERSION} (`cargo install --locked`; \
+         about 4 minutes on two cores, once)..."
+    );
+    let started = Instant::now();
+    let status = tokio::process::Command::new(env!("CARGO"))
+        .args([
+            "install",
+            "--locked",
+            "cargo-deny",
+            "--version",
+            CARGO_DENY_VERSION,
+        ])
+        .status()
+        .await
+        .context("running cargo install cargo-deny")?;
+    if !status.success() {
+        bail!("installing cargo-deny {CARGO_DENY_VERSION} failed");
+    }
+    eprintln!(
+        "xtask test: cargo-deny installed in {:.0?}",
+        started.elapsed()
+    );
+    Ok(())
 }
 
 /// `promtool check metrics` validates the operator's exposition in the tests. It comes
