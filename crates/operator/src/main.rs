@@ -190,6 +190,8 @@ async fn run(opts: Options) -> Result<ExitCode> {
         releases: releases.store(),
         repositories: repositories.store(),
         written: controllers::application_instance::WrittenVersions::default(),
+        applied_releases: Default::default(),
+        applied_repositories: Default::default(),
     });
     let ai_controller = Controller::new(
         controllers::application_instance::NAME,

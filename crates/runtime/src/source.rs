@@ -22,7 +22,7 @@ use futures::StreamExt;
 use kube::runtime::reflector::store::Writer;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client};
+use kube::{Api, Client, ResourceExt};
 use tracing::{debug, info, warn};
 
 use crate::controller::WatchedKind;
@@ -100,6 +100,10 @@ pub(crate) async fn drive<C, S>(
                     if let Some(failed) = failures.recovered() {
                         info!(controller = %owner, kind = %kind, failures = failed, "watch recovered");
                     }
+                    // No controller reads managedFields; they are often the largest part
+                    // of an object, so the caches do without them (controller-runtime's
+                    // TransformStripManagedFields).
+                    let event = event.modify(|obj| obj.managed_fields_mut().clear());
                     let listed = matches!(event, watcher::Event::InitDone);
                     sink.event(event);
                     if listed {

@@ -69,6 +69,54 @@ pub struct Context {
     pub repositories: Store<HelmRepository>,
     /// The resourceVersions of the controller's own status writes.
     pub written: WrittenVersions,
+    /// HelmReleases just applied, until the cache has caught up with them.
+    pub applied_releases: Applied<HelmRelease>,
+    /// HelmRepositories just applied, until the cache has caught up with them.
+    pub applied_repositories: Applied<HelmRepository>,
+}
+
+/// The children this controller applied whose watch event the cache may not have seen
+/// yet: without them, a reconcile that runs right after an apply would find the cache
+/// without the child (or with the older copy) and apply again. An entry leaves as soon
+/// as the cache holds a resourceVersion at least as new.
+#[derive(Debug)]
+pub struct Applied<C: kube::Resource<DynamicType = ()>>(Arc<Mutex<HashMap<ObjectRef<C>, Arc<C>>>>);
+
+impl<C: kube::Resource<DynamicType = ()>> Default for Applied<C> {
+    fn default() -> Self {
+        Self(Arc::default())
+    }
+}
+
+impl<C: kube::Resource<DynamicType = ()>> Applied<C> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectRef<C>, Arc<C>>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The newer of the cached child and the one this controller last applied.
+    fn newest(&self, key: &ObjectRef<C>, cached: Option<Arc<C>>) -> Option<Arc<C>> {
+        let version = |obj: &C| obj.meta().resource_version.as_deref()?.parse::<u64>().ok();
+        let mut applied = self.lock();
+        let Some(recent) = applied.get(key).cloned() else {
+            return cached;
+        };
+        match cached {
+            Some(cached) if version(&cached) >= version(&recent) => {
+                applied.remove(key);
+                Some(cached)
+            }
+            _ => Some(recent),
+        }
+    }
+
+    fn record(&self, obj: C) {
+        self.lock().insert(ObjectRef::from_obj(&obj), Arc::new(obj));
+    }
+
+    fn forget(&self, namespace: Option<&str>, name: &str) {
+        self.lock()
+            .retain(|key, _| !(key.name == name && key.namespace.as_deref() == namespace));
+    }
 }
 
 /// The resourceVersion each instance's last status write returned.
@@ -187,6 +235,10 @@ pub async fn reconcile(
         Event::Cleanup(key) => {
             // Deleted: the garbage collector removes the owned children.
             ctx.written.forget(&key);
+            ctx.applied_releases
+                .forget(key.namespace.as_deref(), &key.name);
+            ctx.applied_repositories
+                .forget(key.namespace.as_deref(), &key.name);
             return Ok(Action::Done);
         }
     };
@@ -258,8 +310,16 @@ async fn reconcile_instance(cached: &ApplicationInstance, ctx: &Context) -> Resu
             });
             if missing.is_empty() {
                 let (repository, release) = plan::desired_children(&spec);
-                ensure_child(&ctx.client, &ctx.repositories, &repository).await?;
-                let live = ensure_child(&ctx.client, &ctx.releases, &release).await?;
+                ensure_child(
+                    &ctx.client,
+                    &ctx.repositories,
+                    &ctx.applied_repositories,
+                    &repository,
+                )
+                .await?;
+                let live =
+                    ensure_child(&ctx.client, &ctx.releases, &ctx.applied_releases, &release)
+                        .await?;
                 plan::plan_status(
                     obj,
                     Observed::Applied {
@@ -407,20 +467,25 @@ impl Child for HelmRelease {
 /// The live child: the cached one when it already holds `desired`, else what a
 /// server-side apply of the typed child returns (kube-derive writes apiVersion and
 /// kind; the desired child has no status).
-async fn ensure_child<C>(client: &Client, cache: &Store<C>, desired: &C) -> Result<C, Error>
+async fn ensure_child<C>(
+    client: &Client,
+    cache: &Store<C>,
+    applied: &Applied<C>,
+    desired: &C,
+) -> Result<C, Error>
 where
     C: Child + plan::Child,
 {
     let name = desired.name_any();
     let namespace = desired.namespace().unwrap_or_default();
     let key = ObjectRef::new(&name).within(&namespace);
-    if let Some(live) = cache.get(&key)
+    if let Some(live) = applied.newest(&key, cache.get(&key))
         && plan::child_up_to_date(desired, live.as_ref())
     {
         return Ok(C::clone(&live));
     }
     let api: Api<C> = Api::namespaced(client.clone(), &namespace);
-    let applied = api
+    let response = api
         .patch(
             &name,
             &PatchParams::apply(FIELD_MANAGER_OPERATOR).force(),
@@ -433,5 +498,8 @@ where
             source,
         })?;
     tracing::info!(kind = C::KIND, child = %name, "applied");
-    Ok(applied)
+    let mut remembered = response.clone();
+    remembered.managed_fields_mut().clear();
+    applied.record(remembered);
+    Ok(response)
 }

@@ -361,3 +361,61 @@ async fn readiness_lists_every_controller_and_what_it_waits_for() -> Result<()> 
     );
     Ok(())
 }
+
+/// Changes the filter recognises (the controller's own writes, in the operator) cost no
+/// reconcile; other changes of the same object still do. One worker and a FIFO queue make
+/// "not reconciled" observable: a key enqueued before the marker would be reconciled
+/// before it.
+#[tokio::test]
+async fn ignored_primary_changes_cost_no_reconcile() -> Result<()> {
+    let h = Harness::start("rt-ignore", Ctx::default(), |c, _| {
+        c.max_concurrent_reconciles(1)
+            .ignore_primary_changes(|cm: &ConfigMap| {
+                cm.data
+                    .as_ref()
+                    .and_then(|d| d.get("written-by-us"))
+                    .is_some_and(|v| v == "yes")
+            })
+    })
+    .await?;
+    h.create_configmap("watched").await?;
+    h.eventually("the create reconciled", |h| {
+        (h.ctx.reconciles_of("watched") == 1).then_some(())
+    })
+    .await;
+    let mark =
+        |value: &str| Patch::Merge(serde_json::json!({ "data": { "written-by-us": value } }));
+    h.configmaps
+        .patch("watched", &PatchParams::default(), &mark("yes"))
+        .await?;
+    h.create_configmap("marker").await?;
+    h.eventually("the marker reconciled", |h| {
+        (h.ctx.reconciles_of("marker") == 1).then_some(())
+    })
+    .await;
+    assert_eq!(
+        h.ctx.reconciles_of("watched"),
+        1,
+        "the ignored change was not reconciled"
+    );
+    // A change the filter does not recognise is reconciled as usual.
+    h.configmaps
+        .patch("watched", &PatchParams::default(), &mark("no"))
+        .await?;
+    h.eventually("the next change reconciled", |h| {
+        (h.ctx.reconciles_of("watched") == 2).then_some(())
+    })
+    .await;
+    // Deleting is never ignored, whatever the object says.
+    h.configmaps
+        .patch("watched", &PatchParams::default(), &mark("yes"))
+        .await?;
+    h.configmaps
+        .delete("watched", &DeleteParams::default())
+        .await?;
+    h.eventually("the deletion reconciled", |h| {
+        (h.ctx.reconciles_of("watched") == 3).then_some(())
+    })
+    .await;
+    h.stop().await
+}
