@@ -310,16 +310,16 @@ async fn reconcile_instance(cached: &ApplicationInstance, ctx: &Context) -> Resu
             });
             if missing.is_empty() {
                 let (repository, release) = plan::desired_children(&spec);
-                ensure_child(
-                    &ctx.client,
-                    &ctx.repositories,
-                    &ctx.applied_repositories,
-                    &repository,
-                )
-                .await?;
-                let live =
-                    ensure_child(&ctx.client, &ctx.releases, &ctx.applied_releases, &release)
-                        .await?;
+                // The two applies are independent: one round-trip instead of two.
+                let (_, live) = futures::try_join!(
+                    ensure_child(
+                        &ctx.client,
+                        &ctx.repositories,
+                        &ctx.applied_repositories,
+                        &repository,
+                    ),
+                    ensure_child(&ctx.client, &ctx.releases, &ctx.applied_releases, &release),
+                )?;
                 plan::plan_status(
                     obj,
                     Observed::Applied {
