@@ -330,15 +330,9 @@ impl Publisher {
     }
 }
 
+/// `message` cut to at most `max` bytes, on a character boundary.
 fn truncate(message: &str, max: usize) -> String {
-    if message.len() <= max {
-        return message.to_owned();
-    }
-    let mut end = max;
-    while !message.is_char_boundary(end) {
-        end -= 1;
-    }
-    message[..end].to_owned()
+    message[..message.floor_char_boundary(max)].to_owned()
 }
 
 #[cfg(test)]
