@@ -183,6 +183,7 @@ async fn run(opts: Options) -> Result<ExitCode> {
         Api::<Namespace>::all(client.clone()),
         watcher::Config::default().labels(&labels::managed_namespace_selector()),
     );
+    let applied_releases = controllers::application_instance::Applied::<HelmRelease>::default();
     let ai_ctx = Arc::new(controllers::application_instance::Context {
         client: client.clone(),
         publisher: publisher.clone(),
@@ -190,7 +191,7 @@ async fn run(opts: Options) -> Result<ExitCode> {
         releases: releases.store(),
         repositories: repositories.store(),
         written: controllers::application_instance::WrittenVersions::default(),
-        applied_releases: Default::default(),
+        applied_releases: applied_releases.clone(),
         applied_repositories: Default::default(),
     });
     let ai_controller = Controller::new(
@@ -211,7 +212,10 @@ async fn run(opts: Options) -> Result<ExitCode> {
         }
     };
     let ai_controller = ai_controller
-        .owns_shared(&releases)
+        // A HelmRelease event that is our own apply coming back reconciles nothing.
+        .owns_shared_ignoring(&releases, move |hr: &HelmRelease| {
+            applied_releases.is_own_write(hr)
+        })
         .watches_shared(&namespaces, instances_in)
         // The repository's status is not an input of the plan: its cache is read when
         // applying, and its changes reconcile nothing.

@@ -225,12 +225,12 @@ pub struct Controller<K: WatchedKind> {
     observers: Vec<Observer>,
     reporter: Option<Reporter<K>>,
     status: StatusCell,
-    ignore_primary: Option<PrimaryFilter<K>>,
+    ignore_primary: Option<ChangeFilter<K>>,
 }
 
-/// Decides that a change of a primary object needs no reconcile; see
-/// [`Controller::ignore_primary_changes`].
-pub type PrimaryFilter<K> = Arc<dyn Fn(&K) -> bool + Send + Sync>;
+/// Decides, from an object's new state, that its change needs no reconcile; see
+/// [`Controller::ignore_primary_changes`] and [`Controller::owns_shared_ignoring`].
+pub type ChangeFilter<K> = Arc<dyn Fn(&K) -> bool + Send + Sync>;
 
 impl<K: WatchedKind> Debug for Controller<K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -364,7 +364,33 @@ impl<K: WatchedKind> Controller<K> {
     /// (both its previous and its new state, as in [`watches_with`](Self::watches_with)).
     /// The shared watch runs once for every controller subscribed to it; this controller
     /// counts it as synced once it has listed (or, if optional, while it is missing).
-    pub fn watches_shared<C, I, M>(mut self, shared: &SharedWatch<C>, mapper: M) -> Self
+    pub fn watches_shared<C, I, M>(self, shared: &SharedWatch<C>, mapper: M) -> Self
+    where
+        C: WatchedKind,
+        I: IntoIterator<Item = ObjectRef<K>>,
+        M: Fn(&C) -> I + Send + Sync + 'static,
+    {
+        self.subscribe_shared(shared, mapper, None)
+    }
+
+    /// [`owns_shared`](Self::owns_shared), except that a change whose new state `ignore`
+    /// recognises reconciles nothing — for the controller's own writes to its children,
+    /// recognised by the resourceVersion the write returned. Deletions carry a new
+    /// resourceVersion and so are never mistaken for one.
+    pub fn owns_shared_ignoring<C: WatchedKind>(
+        self,
+        shared: &SharedWatch<C>,
+        ignore: impl Fn(&C) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.subscribe_shared(shared, controller_owner::<K, C>, Some(Arc::new(ignore)))
+    }
+
+    fn subscribe_shared<C, I, M>(
+        mut self,
+        shared: &SharedWatch<C>,
+        mapper: M,
+        ignore: Option<ChangeFilter<C>>,
+    ) -> Self
     where
         C: WatchedKind,
         I: IntoIterator<Item = ObjectRef<K>>,
@@ -380,6 +406,7 @@ impl<K: WatchedKind> Controller<K> {
                     feed: ctx.feed,
                     index,
                     mapper,
+                    ignore,
                 }));
                 // Subscribed until the controller stops its watches (drops this future).
                 std::future::pending::<()>().await
@@ -623,13 +650,15 @@ fn controller_owner<K: WatchedKind, C: WatchedKind>(child: &C) -> Vec<ObjectRef<
 }
 
 /// One controller's subscription to a [`SharedWatch`].
-struct SharedFeed<K: WatchedKind, M> {
+struct SharedFeed<K: WatchedKind, C, M> {
     feed: Feed<K>,
     index: usize,
     mapper: M,
+    /// Changes (by their new state) that need no reconcile.
+    ignore: Option<ChangeFilter<C>>,
 }
 
-impl<K, C, I, M> Subscriber<C> for SharedFeed<K, M>
+impl<K, C, I, M> Subscriber<C> for SharedFeed<K, C, M>
 where
     K: WatchedKind,
     C: WatchedKind,
@@ -637,6 +666,11 @@ where
     M: Fn(&C) -> I + Send + Sync + 'static,
 {
     fn touched(&mut self, states: [Option<&C>; 2]) {
+        if let (Some(ignore), [_, Some(new)]) = (&self.ignore, states)
+            && ignore(new)
+        {
+            return;
+        }
         for obj in states.into_iter().flatten() {
             for key in (self.mapper)(obj) {
                 self.feed.queue.add(key);

@@ -223,7 +223,7 @@ pub(crate) struct PrimarySink<K: WatchedKind> {
     /// The listed keys, enqueued only when the new list is swapped into the cache.
     listed: Vec<ObjectRef<K>>,
     /// Changes that need no reconcile (the controller's own writes).
-    ignore: Option<crate::controller::PrimaryFilter<K>>,
+    ignore: Option<crate::controller::ChangeFilter<K>>,
 }
 
 impl<K: WatchedKind> PrimarySink<K> {
@@ -231,7 +231,7 @@ impl<K: WatchedKind> PrimarySink<K> {
         writer: Writer<K>,
         feed: Feed<K>,
         index: usize,
-        ignore: Option<crate::controller::PrimaryFilter<K>>,
+        ignore: Option<crate::controller::ChangeFilter<K>>,
     ) -> Self {
         Self {
             reader: writer.as_reader(),

@@ -82,6 +82,12 @@ pub struct Context {
 #[derive(Debug)]
 pub struct Applied<C: kube::Resource<DynamicType = ()>>(Arc<Mutex<HashMap<ObjectRef<C>, Arc<C>>>>);
 
+impl<C: kube::Resource<DynamicType = ()>> Clone for Applied<C> {
+    fn clone(&self) -> Self {
+        Self(Arc::clone(&self.0))
+    }
+}
+
 impl<C: kube::Resource<DynamicType = ()>> Default for Applied<C> {
     fn default() -> Self {
         Self(Arc::default())
@@ -111,6 +117,17 @@ impl<C: kube::Resource<DynamicType = ()>> Applied<C> {
 
     fn record(&self, obj: C) {
         self.lock().insert(ObjectRef::from_obj(&obj), Arc::new(obj));
+    }
+
+    /// `obj` is the state this controller's own last apply returned.
+    pub fn is_own_write(&self, obj: &C) -> bool {
+        let applied = self.lock();
+        applied
+            .get(&ObjectRef::from_obj(obj))
+            .is_some_and(|recent| {
+                recent.meta().resource_version.is_some()
+                    && recent.meta().resource_version == obj.meta().resource_version
+            })
     }
 
     fn forget(&self, namespace: Option<&str>, name: &str) {

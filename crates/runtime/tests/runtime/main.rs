@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
 use prometheus_client::registry::Registry;
@@ -681,4 +682,67 @@ async fn shutdown_lets_the_in_flight_reconcile_finish() -> Result<()> {
         }
     );
     Ok(())
+}
+
+/// A change of a shared child that the filter recognises (in the operator: its own apply
+/// coming back) reconciles no parent; any other change does. One worker and a FIFO queue
+/// make "not reconciled" observable: the parent, had it been enqueued first, would be
+/// reconciled before the marker.
+#[tokio::test]
+async fn ignored_child_changes_reconcile_no_parent() -> Result<()> {
+    let h = Harness::start("rt-owns-ignoring", Ctx::default(), |c, h| {
+        let secrets = vworkspace_runtime::SharedWatch::new(
+            h.secrets.clone(),
+            watcher::Config::default().labels(&format!("{LABEL}=yes")),
+        );
+        c.max_concurrent_reconciles(1)
+            .owns_shared_ignoring(&secrets, |s: &Secret| {
+                s.labels().get("ours").is_some_and(|v| v == "yes")
+            })
+    })
+    .await?;
+    let parent = h.create_configmap("parent").await?;
+    h.eventually("the parent's first reconcile", |h| {
+        (h.ctx.reconciles_of("parent") == 1).then_some(())
+    })
+    .await;
+    let uid = parent.metadata.uid.clone().context("parent uid")?;
+    let child = |ours: &str| -> Result<Secret> {
+        Ok(serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": "child",
+                "labels": { LABEL: "yes", "ours": ours },
+                "ownerReferences": [{
+                    "apiVersion": "v1", "kind": "ConfigMap", "name": "parent", "uid": uid,
+                    "controller": true, "blockOwnerDeletion": true
+                }]
+            },
+            "stringData": { "k": "v1" }
+        }))?)
+    };
+    h.secrets
+        .create(&PostParams::default(), &child("yes")?)
+        .await?;
+    h.create_configmap("marker").await?;
+    h.eventually("the marker reconciled", |h| {
+        (h.ctx.reconciles_of("marker") == 1).then_some(())
+    })
+    .await;
+    assert_eq!(
+        h.ctx.reconciles_of("parent"),
+        1,
+        "the recognised change reconciled nothing"
+    );
+    h.secrets
+        .patch(
+            "child",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({ "metadata": { "labels": { "ours": "no" } } })),
+        )
+        .await?;
+    h.eventually("the other change reconciled", |h| {
+        (h.ctx.reconciles_of("parent") == 2).then_some(())
+    })
+    .await;
+    h.stop().await
 }
