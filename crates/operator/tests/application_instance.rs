@@ -29,7 +29,7 @@ const AFTER_UPGRADE: [&str; 5] = [
 ];
 mod common;
 
-use common::{install_crds, spawn_operator};
+use common::{condition, install_crds, spawn_operator};
 
 async fn setup(prefix: &str) -> Result<(TestEnv, String)> {
     let env = TestEnv::shared().await?;
@@ -52,15 +52,6 @@ fn instance(name: &str, version: &str, secret: Option<&str>) -> Result<Applicati
         "metadata": { "name": name },
         "spec": spec
     }))?)
-}
-
-fn condition(obj: &ApplicationInstance, type_: &str) -> Option<(String, String, String)> {
-    obj.status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == type_)
-        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
 }
 
 async fn wait_condition(

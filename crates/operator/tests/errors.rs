@@ -25,7 +25,7 @@ use vworkspace_testkit::sim::flux::FluxSimulator;
 
 mod common;
 
-use common::{OPERATOR, install_crds, spawn_operator};
+use common::{OPERATOR, condition, install_crds, spawn_operator};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -45,15 +45,6 @@ fn instance(name: &str, labels: Value) -> Result<ApplicationInstance> {
             "chart": { "repository": "https://charts.example.org/stable", "name": "nextcloud", "version": "1.0.0" }
         }
     }))?)
-}
-
-fn condition(obj: &ApplicationInstance, type_: &str) -> Option<(String, String, String)> {
-    obj.status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == type_)
-        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
 }
 
 /// (reason, type, note) of the Events on `name`, oldest first.

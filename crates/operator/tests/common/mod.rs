@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use anyhow::Result;
+use vworkspace_api::application_instance::ApplicationInstance;
 use vworkspace_testkit::env::TestEnv;
 use vworkspace_testkit::fixtures::{
     OperatorProcess, apply_crds, operator_crd_files, third_party_crd_files,
@@ -38,4 +39,14 @@ pub fn spawn_operator(
     args.extend(extra.iter().map(|s| (*s).to_owned()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     OperatorProcess::spawn(Path::new(OPERATOR), &env.kubeconfig, &dir, &args)
+}
+
+/// `(status, reason, message)` of the condition `type_` of an instance, if set.
+pub fn condition(obj: &ApplicationInstance, type_: &str) -> Option<(String, String, String)> {
+    obj.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
 }
