@@ -10,6 +10,7 @@
 //! * every field is camelCase in JSON, except the audit event, whose payload is the spec's
 //!   snake_case format wherever it travels.
 
+pub mod agent_api;
 pub mod application_instance;
 pub mod audit;
 pub mod audit_batch;
