@@ -144,8 +144,9 @@ pub mod cluster {
         pub const CONTROL_PLANE_REACHABLE: &str = "ControlPlaneReachable";
         /// Connected=False: round-trips have failed for the whole grace period.
         pub const CONTROL_PLANE_UNREACHABLE: &str = "ControlPlaneUnreachable";
-        /// Connected=Unknown: round-trips are failing, still within the grace period
-        /// (`connectivity_state` 0, "reconnecting"), or the first round-trip is pending.
+        /// Connected=False: round-trips are failing, still within the grace period
+        /// (`connectivity_state` 0, "reconnecting"); Connected=Unknown: the first
+        /// round-trip is pending.
         pub const RECONNECTING: &str = "Reconnecting";
         /// Connected=True (push mode): the control plane consumes the AuditBatches we write.
         pub const AUDIT_BATCHES_CONSUMED: &str = "AuditBatchesConsumed";

@@ -5,5 +5,6 @@
 
 pub mod application_instance;
 pub mod catalog;
+pub mod cluster;
 pub mod names;
 pub mod transitions;

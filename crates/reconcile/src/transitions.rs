@@ -33,12 +33,16 @@
 //! | Operation | `Running` becomes `True` | `OperationRunning` | Normal |
 //! | Operation | `Succeeded` becomes `True` | `OperationSucceeded` | Normal |
 //! | Operation | `Succeeded` becomes `False`, reason `Cancelled` / other | `OperationCancelled` / `OperationFailed` | Normal / Warning |
-//! | Cluster | `Connected` becomes `True` / `False` | `ConnectivityConnected` / `ConnectivityLost` | Normal / Warning |
+//! | Cluster | `Connected` becomes `True`, first or after a loss (not after `Reconnecting`: a blip within the grace period) | `ConnectivityConnected` | Normal |
+//! | Cluster | `Disconnected` becomes `True` (failing for the whole grace period) | `ConnectivityLost` | Warning |
 //! | Cluster | `EventBufferOverflow` becomes `True` | `ClusterEventBufferOverflow` | Warning |
-//! | Cluster | `Authenticated`, `ControllersHealthy`, `CRDsRegistered` change status or reason (not when first added as `True`) | the condition's reason | Warning if `False` |
+//! | Cluster | `Authenticated`, `ControllersHealthy`, `CRDsRegistered` become `False` or change reason while `False` | the condition's reason | Warning |
+//! | Cluster | `Authenticated`, `ControllersHealthy`, `CRDsRegistered` become `True` after `False` | the condition's reason | Normal |
 //!
-//! Everything else (a message refresh, `Reconciling` moving, `Disconnected`, which mirrors
-//! `Connected`) is silent.
+//! Everything else (a message refresh, `Reconciling` moving, `Connected` going `False`
+//! within the grace period, a condition first added as `True` or `Unknown`) is silent.
+//! The connectivity Events carry fixed messages: the condition's message holds a measured
+//! age ("Last successful round-trip 4s ago"), and Event messages carry no durations.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use vworkspace_api::TransitionRecord;
@@ -82,6 +86,9 @@ pub enum ChildChange {
         chart_version: String,
     },
 }
+
+/// The message of every `ConnectivityConnected` (see the module doc).
+pub const CONNECTED_MESSAGE: &str = "a round-trip to the control plane succeeded";
 
 /// Longest message kept in a record (the Event note limit the publisher applies).
 pub const MAX_MESSAGE: usize = 1024;
@@ -145,12 +152,17 @@ pub fn announce(
     for condition in next.conditions {
         let before = find_condition(prev.conditions, &condition.type_);
         if let Some((kind, event_type)) = rule(resource, before, condition) {
+            let message = if kind == events::CONNECTIVITY_CONNECTED {
+                CONNECTED_MESSAGE
+            } else {
+                &condition.message
+            };
             push(
                 kind,
                 &condition.type_,
                 &condition.reason,
                 event_type,
-                &condition.message,
+                message,
             );
         }
     }
@@ -212,21 +224,34 @@ fn rule<'a>(
             (operation::SUCCEEDED, False) if became => Some((events::OPERATION_FAILED, Warning)),
             _ => None,
         },
-        Resource::Cluster => match (t, status) {
-            (cluster::CONNECTED, True) if became => Some((events::CONNECTIVITY_CONNECTED, Normal)),
-            (cluster::CONNECTED, False) if became => Some((events::CONNECTIVITY_LOST, Warning)),
-            (cluster::EVENT_BUFFER_OVERFLOW, True) if became => {
-                Some((events::CLUSTER_EVENT_BUFFER_OVERFLOW, Warning))
+        Resource::Cluster => {
+            let was = |s: &str| before.is_some_and(|b| b.status == s);
+            match (t, status) {
+                (cluster::CONNECTED, True)
+                    if became
+                        && !before.is_some_and(|b| {
+                            b.status == "False" && b.reason == cluster::reasons::RECONNECTING
+                        }) =>
+                {
+                    Some((events::CONNECTIVITY_CONNECTED, Normal))
+                }
+                (cluster::DISCONNECTED, True) if became => {
+                    Some((events::CONNECTIVITY_LOST, Warning))
+                }
+                (cluster::EVENT_BUFFER_OVERFLOW, True) if became => {
+                    Some((events::CLUSTER_EVENT_BUFFER_OVERFLOW, Warning))
+                }
+                (
+                    cluster::AUTHENTICATED | cluster::CONTROLLERS_HEALTHY | cluster::CRDS_REGISTERED,
+                    False,
+                ) => Some((after.reason.as_str(), Warning)),
+                (
+                    cluster::AUTHENTICATED | cluster::CONTROLLERS_HEALTHY | cluster::CRDS_REGISTERED,
+                    True,
+                ) if was("False") => Some((after.reason.as_str(), Normal)),
+                _ => None,
             }
-            (
-                cluster::AUTHENTICATED | cluster::CONTROLLERS_HEALTHY | cluster::CRDS_REGISTERED,
-                _,
-            ) if !(change == Change::Added && status == True) => Some((
-                after.reason.as_str(),
-                if status == False { Warning } else { Normal },
-            )),
-            _ => None,
-        },
+        }
     }
 }
 
@@ -450,17 +475,53 @@ mod tests {
             ),
             (
                 Cluster,
-                vec![c(
-                    cluster::CONNECTED,
-                    Unknown,
-                    cluster::reasons::RECONNECTING,
-                )],
-                vec![c(
-                    cluster::CONNECTED,
-                    False,
-                    cluster::reasons::CONTROL_PLANE_UNREACHABLE,
-                )],
+                vec![
+                    c(cluster::CONNECTED, False, cluster::reasons::RECONNECTING),
+                    c(cluster::DISCONNECTED, False, cluster::reasons::NOT_APPLICABLE),
+                ],
+                vec![
+                    c(
+                        cluster::CONNECTED,
+                        False,
+                        cluster::reasons::CONTROL_PLANE_UNREACHABLE,
+                    ),
+                    c(
+                        cluster::DISCONNECTED,
+                        True,
+                        cluster::reasons::GRACE_PERIOD_EXCEEDED,
+                    ),
+                ],
                 vec!["ConnectivityLost:Warning"],
+            ),
+            (
+                Cluster,
+                vec![c(cluster::CONNECTED, False, cluster::reasons::RECONNECTING)],
+                vec![c(
+                    cluster::CONNECTED,
+                    True,
+                    cluster::reasons::CONTROL_PLANE_REACHABLE,
+                )],
+                vec![],
+            ),
+            (
+                Cluster,
+                vec![c(
+                    cluster::AUTHENTICATED,
+                    False,
+                    cluster::reasons::CREDENTIAL_REJECTED,
+                )],
+                vec![c(
+                    cluster::AUTHENTICATED,
+                    True,
+                    cluster::reasons::CREDENTIAL_VALID,
+                )],
+                vec!["CredentialValid:Normal"],
+            ),
+            (
+                Cluster,
+                vec![],
+                vec![c(cluster::AUTHENTICATED, Unknown, cluster::reasons::RECONNECTING)],
+                vec![],
             ),
             (
                 Cluster,

@@ -57,7 +57,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use futures::FutureExt;
+use futures::{FutureExt, StreamExt};
 use futures::future::BoxFuture;
 use kube::runtime::reflector::store::Writer;
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -409,6 +409,27 @@ impl<K: WatchedKind> Controller<K> {
                     ignore,
                 }));
                 // Subscribed until the controller stops its watches (drops this future).
+                std::future::pending::<()>().await
+            }
+            .boxed()
+        }));
+        self
+    }
+
+    /// Reconcile the objects `triggers` yields, as they come: for changes the API server
+    /// does not show — state held in process, like the control-plane link's
+    /// connectivity, that the controller writes to status. The stream is polled for as
+    /// long as the controller runs; when it ends, nothing else is triggered through it.
+    pub fn triggered_by(
+        mut self,
+        triggers: impl futures::Stream<Item = ObjectRef<K>> + Send + 'static,
+    ) -> Self {
+        self.sources.push(Box::new(move |ctx: SourceCtx<K>| {
+            async move {
+                let mut triggers = std::pin::pin!(triggers);
+                while let Some(key) = triggers.next().await {
+                    ctx.feed.queue.add(key);
+                }
                 std::future::pending::<()>().await
             }
             .boxed()
