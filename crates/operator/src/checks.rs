@@ -21,6 +21,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::Client;
 use kube::api::{Api, PostParams};
 use tokio::sync::watch;
+use vworkspace_reconcile::cluster::CrdCheck;
 use vworkspace_runtime::Readiness;
 use vworkspace_telemetry::health::Health;
 
@@ -65,16 +66,38 @@ const REQUIRED: [&str; 3] = [
 ];
 
 async fn check_crds(client: Client, expected: &[CustomResourceDefinition]) -> Result<(), String> {
+    match compare_crds(client, expected).await {
+        Ok(CrdCheck::Matches) => Ok(()),
+        Ok(CrdCheck::Missing(names)) => Err(names
+            .iter()
+            .map(|n| format!("{n} is not installed or not Established"))
+            .collect::<Vec<_>>()
+            .join("; ")),
+        Ok(CrdCheck::Mismatch(names)) => Err(format!(
+            "{} serve a different schema than this operator expects; apply deploy/crds",
+            names.join(", ")
+        )),
+        Err(err) => Err(format!("cannot read CRDs: {err}")),
+    }
+}
+
+/// How the served CRDs compare with this binary's (the `crds` check and the Cluster's
+/// `CRDsRegistered` condition).
+pub async fn crd_check(client: Client) -> Result<CrdCheck, kube::Error> {
+    compare_crds(client, &vworkspace_api::crds::operator_crds()).await
+}
+
+async fn compare_crds(
+    client: Client,
+    expected: &[CustomResourceDefinition],
+) -> Result<CrdCheck, kube::Error> {
     let api: Api<CustomResourceDefinition> = Api::all(client);
-    let mut problems = Vec::new();
+    let mut missing = Vec::new();
+    let mut mismatch = Vec::new();
     for name in REQUIRED {
-        let live = match api.get_opt(name).await {
-            Ok(Some(crd)) => crd,
-            Ok(None) => {
-                problems.push(format!("{name} is not installed"));
-                continue;
-            }
-            Err(err) => return Err(format!("cannot read CRDs: {err}")),
+        let Some(live) = api.get_opt(name).await? else {
+            missing.push(name.to_owned());
+            continue;
         };
         let established = live
             .status
@@ -85,7 +108,7 @@ async fn check_crds(client: Client, expected: &[CustomResourceDefinition]) -> Re
                     .any(|c| c.type_ == "Established" && c.status == "True")
             });
         if !established {
-            problems.push(format!("{name} is not Established"));
+            missing.push(name.to_owned());
             continue;
         }
         let Some(want) = expected
@@ -95,16 +118,16 @@ async fn check_crds(client: Client, expected: &[CustomResourceDefinition]) -> Re
             continue;
         };
         if schema_of(&live) != schema_of(want) {
-            problems.push(format!(
-                "{name} serves a different schema than this operator expects; apply deploy/crds"
-            ));
+            mismatch.push(name.to_owned());
         }
     }
-    if problems.is_empty() {
-        Ok(())
+    Ok(if !missing.is_empty() {
+        CrdCheck::Missing(missing)
+    } else if !mismatch.is_empty() {
+        CrdCheck::Mismatch(mismatch)
     } else {
-        Err(problems.join("; "))
-    }
+        CrdCheck::Matches
+    })
 }
 
 fn schema_of(crd: &CustomResourceDefinition) -> Option<serde_json::Value> {

@@ -64,6 +64,9 @@ pub struct Options {
     /// `--graceful-shutdown-timeout`: how long in-flight reconciles may finish on SIGTERM
     /// (controller-runtime's `GracefulShutdownTimeout`, 30s).
     pub graceful_shutdown_timeout: vworkspace_api::GoDuration,
+    /// `--cluster-resync`: the longest time between two reports on the Cluster (ages in
+    /// messages, CRD schemas, the Flux version), 30s.
+    pub cluster_resync: vworkspace_api::GoDuration,
 }
 
 impl Default for Options {
@@ -96,6 +99,7 @@ impl Default for Options {
             }),
             watch_namespace: env("WATCH_NAMESPACE"),
             graceful_shutdown_timeout: vworkspace_api::GoDuration::from_secs(30),
+            cluster_resync: vworkspace_api::GoDuration::from_secs(30),
         }
     }
 }
@@ -118,7 +122,8 @@ flags of run (defaults in brackets):
   --kubeconfig PATH                 kubeconfig to use [in-cluster, else $KUBECONFIG]
   --identity NAME                   this replica's Lease identity [$POD_NAME or host-pid]
   --watch-namespace NS              reconcile only namespace NS [$WATCH_NAMESPACE or all]
-  --graceful-shutdown-timeout DUR   on SIGTERM, let running reconciles finish this long [30s]";
+  --graceful-shutdown-timeout DUR   on SIGTERM, let running reconciles finish this long [30s]
+  --cluster-resync DUR              report on the Cluster at least this often [30s]";
 
 /// Parse the arguments after the program name.
 pub fn parse(args: &[String]) -> Result<Command, String> {
@@ -178,6 +183,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             "--graceful-shutdown-timeout" => {
                 o.graceful_shutdown_timeout = typed(flag, inline, &mut args)?;
             }
+            "--cluster-resync" => o.cluster_resync = typed(flag, inline, &mut args)?,
             "--watch-namespace" => {
                 o.watch_namespace = Some(value(flag, inline, &mut args)?).filter(|n| !n.is_empty());
             }

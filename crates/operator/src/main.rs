@@ -25,8 +25,10 @@ use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 use vworkspace_api::AuditSource;
 use vworkspace_api::application_instance::ApplicationInstance;
+use vworkspace_api::cluster::Cluster;
 use vworkspace_api::labels;
 use vworkspace_api::thirdparty::flux::{HelmRelease, HelmRepository};
+use vworkspace_reconcile::cluster::AuditView;
 use vworkspace_runtime::{
     Controller, Readiness, ReconcileResult, RuntimeMetrics, SharedWatch, Shutdown,
 };
@@ -116,7 +118,7 @@ async fn run(opts: Options) -> Result<ExitCode> {
         .context("the operation catalog names a type or engine the metrics do not know")?;
     let _operation_metrics = OperationMetrics::register(&mut registry, operation_kinds);
     let _agent_metrics = AgentMetrics::register(&mut registry);
-    let _cluster_metrics = ClusterMetrics::register(&mut registry);
+    let cluster_metrics = ClusterMetrics::register(&mut registry);
     let runtime_metrics = RuntimeMetrics::register(&mut registry);
     let leader_metrics = LeaderElectionMetrics::register(&mut registry, &opts.leader_election_id);
     let rest = RestClientMetrics::register(&mut registry);
@@ -228,24 +230,57 @@ async fn run(opts: Options) -> Result<ExitCode> {
             &ai_ctx,
         )))
         .max_concurrent_reconciles(opts.max_concurrent_reconciles.get())
-        .on_reconcile({
-            let metrics = reconcile_metrics.clone();
-            move |outcome| {
-                let result = match outcome.result {
-                    ReconcileResult::Success => SpecResult::Success,
-                    ReconcileResult::Error => SpecResult::Error,
-                    ReconcileResult::Requeue | ReconcileResult::RequeueAfter => SpecResult::Requeue,
-                };
-                metrics.record_reconcile(
-                    ControllerLabel::ApplicationInstance,
-                    result,
-                    outcome.duration,
-                );
-            }
-        });
+        .on_reconcile(spec_metrics(
+            &reconcile_metrics,
+            ControllerLabel::ApplicationInstance,
+        ));
 
     let readiness = Readiness::new();
     readiness.add(ai_controller.status());
+
+    // The Cluster controller: the one writer of Cluster status. It reports what the
+    // other controllers, the namespaces, discovery and (in Pull mode) the link show.
+    let cluster_key = ObjectRef::<Cluster>::new(&opts.cluster_id).within(&opts.namespace);
+    let (_link_tx, link_rx) = watch::channel(None);
+    let (_audit_tx, audit_rx) = watch::channel(AuditView::default());
+    let cluster_written = Arc::new(std::sync::Mutex::new(None));
+    let cluster_controller = Controller::new(
+        controllers::cluster::NAME,
+        Api::<Cluster>::namespaced(client.clone(), &opts.namespace),
+        &runtime_metrics,
+    );
+    readiness.add(cluster_controller.status());
+    let clusters = cluster_controller.store();
+    let cluster_controller = cluster_controller
+        .watches_shared(&namespaces, {
+            let key = cluster_key.clone();
+            move |_: &Namespace| Some(key.clone())
+        })
+        .triggered_by(controllers::cluster::triggers(
+            cluster_key.clone(),
+            link_rx.clone(),
+            audit_rx.clone(),
+            &readiness,
+        ))
+        .ignore_primary_changes({
+            let written = Arc::clone(&cluster_written);
+            move |obj: &Cluster| controllers::cluster::is_own_write(&written, obj)
+        })
+        .on_reconcile(spec_metrics(&reconcile_metrics, ControllerLabel::Cluster));
+    let cluster_ctx = Arc::new(controllers::cluster::Context {
+        client: client.clone(),
+        publisher: publisher.clone(),
+        key: cluster_key.clone(),
+        operator_version: operator_version(),
+        namespaces: namespaces.store(),
+        readiness: readiness.clone(),
+        link: link_rx,
+        audit: audit_rx,
+        discovery: controllers::cluster::Discovery::new(opts.cluster_resync.as_duration()),
+        resync: opts.cluster_resync.as_duration(),
+        written: cluster_written,
+        metrics: cluster_metrics,
+    });
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let shutdown = move || {
@@ -268,6 +303,21 @@ async fn run(opts: Options) -> Result<ExitCode> {
 
     let health = Health::new();
     checks::register(&health, client.clone(), readiness, leading_rx.clone());
+    health.add_readiness_check("cluster", {
+        let key = cluster_key.clone();
+        let org_id = opts.org_id.clone();
+        let leading = leading_rx.clone();
+        // Only the leader runs the Cluster controller and so has its cache; a standby
+        // is ready (healthy and waiting), as with `informers`.
+        move || {
+            let verdict = if *leading.borrow() {
+                controllers::cluster::check_identity(&clusters, &key, &org_id)
+            } else {
+                Ok(())
+            };
+            async move { verdict }
+        }
+    });
 
     let registry = Arc::new(registry);
     let metrics_server = tokio::spawn(serve_metrics(metrics_addr, registry, shutdown()));
@@ -304,16 +354,38 @@ async fn run(opts: Options) -> Result<ExitCode> {
         }
     }
 
-    tracing::info!(controllers = "applicationinstance", "starting controllers");
-    let controller_task = tokio::spawn(
+    tracing::info!(
+        controllers = "applicationinstance,cluster",
+        "starting controllers"
+    );
+    let (abort_all, _) = tokio::sync::broadcast::channel::<()>(1);
+    let stop = |abort: tokio::sync::broadcast::Receiver<()>| {
+        let mut abort = abort;
+        Shutdown::new(shutdown())
+            .abort_on(async move {
+                let _ = abort.recv().await;
+            })
+            .drain_timeout(opts.graceful_shutdown_timeout.as_duration())
+    };
+    let controller_task = tokio::spawn(futures::future::join(
         ai_controller.run(
             controllers::application_instance::reconcile,
             ai_ctx,
-            Shutdown::new(shutdown())
-                .abort_on(abort)
-                .drain_timeout(opts.graceful_shutdown_timeout.as_duration()),
+            stop(abort_all.subscribe()),
         ),
-    );
+        cluster_controller.run(
+            controllers::cluster::reconcile,
+            cluster_ctx,
+            stop(abort_all.subscribe()),
+        ),
+    ));
+    tokio::spawn({
+        let abort_all = abort_all.clone();
+        async move {
+            abort.await;
+            let _ = abort_all.send(());
+        }
+    });
 
     let mut leading = leading_rx.clone();
     tokio::select! {
@@ -346,6 +418,22 @@ async fn run(opts: Options) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// The observer feeding `vworkspace_operator_reconcile_*` for controller `label`.
+fn spec_metrics(
+    metrics: &ReconcileMetrics,
+    label: ControllerLabel,
+) -> impl Fn(&vworkspace_runtime::ReconcileOutcome<'_>) + Send + Sync + 'static {
+    let metrics = metrics.clone();
+    move |outcome| {
+        let result = match outcome.result {
+            ReconcileResult::Success => SpecResult::Success,
+            ReconcileResult::Error => SpecResult::Error,
+            ReconcileResult::Requeue | ReconcileResult::RequeueAfter => SpecResult::Requeue,
+        };
+        metrics.record_reconcile(label, result, outcome.duration);
+    }
 }
 
 /// SIGTERM (Kubernetes) or SIGINT (a terminal).

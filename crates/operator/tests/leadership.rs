@@ -10,7 +10,7 @@ use vworkspace_api::application_instance::ApplicationInstance;
 use vworkspace_testkit::env::{TestEnv, poll_until, unique_suffix};
 mod common;
 
-use common::{install_crds, spawn_operator};
+use common::{create_cluster, install_crds, spawn_operator};
 use vworkspace_testkit::prom::Exposition;
 use vworkspace_testkit::sim::flux::FluxSimulator;
 
@@ -28,11 +28,11 @@ async fn only_the_leader_reconciles_and_a_standby_takes_over() -> Result<()> {
     install_crds(&env).await?;
     let ns = env.fresh_namespace("ha").await?;
     let _flux = FluxSimulator::start(env.client.clone(), Some(&ns));
+    create_cluster(&env, &ns, "push").await?;
     let lease = format!("vws-test-{}", unique_suffix());
     let flags = [
         "--leader-elect".to_owned(),
         format!("--leader-election-id={lease}"),
-        format!("--namespace={ns}"),
     ];
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let mut a = spawn_operator(&env, &ns, "replica-a", &flags)?;

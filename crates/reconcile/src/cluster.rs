@@ -166,7 +166,11 @@ fn connected(link: Option<&LinkView>) -> (Value, Value) {
             not_applicable("the first round-trip is pending"),
         ),
         LinkState::Connected => (
-            (True, c::reasons::CONTROL_PLANE_REACHABLE, ago(link.since_success)),
+            (
+                True,
+                c::reasons::CONTROL_PLANE_REACHABLE,
+                ago(link.since_success),
+            ),
             not_applicable("connected"),
         ),
         LinkState::Reconnecting => (
@@ -335,8 +339,7 @@ pub fn plan(current: Option<&ClusterStatus>, observed: &Observed, now: &Time) ->
     let mut conditions = Vec::with_capacity(values.len());
     for (type_, (st, reason, message)) in values {
         // Start from the previous condition so lastTransitionTime survives.
-        if let Some(old) = vworkspace_api::conditions::find_condition(&previous.conditions, type_)
-        {
+        if let Some(old) = vworkspace_api::conditions::find_condition(&previous.conditions, type_) {
             conditions.push(old.clone());
         }
         set_condition(
@@ -456,10 +459,16 @@ mod tests {
             "Last successful round-trip 4s ago"
         );
         assert_eq!(cond(s, c::AUTHENTICATED), ("True", "CredentialValid"));
-        assert_eq!(cond(s, c::CONTROLLERS_HEALTHY), ("True", "AllControllersReady"));
+        assert_eq!(
+            cond(s, c::CONTROLLERS_HEALTHY),
+            ("True", "AllControllersReady")
+        );
         assert_eq!(cond(s, c::CRDS_REGISTERED), ("True", "SchemaMatches"));
         assert_eq!(cond(s, c::DISCONNECTED), ("False", "NotApplicable"));
-        assert_eq!(cond(s, c::EVENT_BUFFER_OVERFLOW), ("False", "BufferWithinCapacity"));
+        assert_eq!(
+            cond(s, c::EVENT_BUFFER_OVERFLOW),
+            ("False", "BufferWithinCapacity")
+        );
         // Established for the first time: announced; healthy conditions first added as
         // True are not.
         assert_eq!(kinds(&p), [events::CONNECTIVITY_CONNECTED]);
@@ -485,14 +494,23 @@ mod tests {
             &observed(Some(link(LinkState::Reconnecting, Credential::Untested))),
             &at(5),
         );
-        assert_eq!(cond(&failing.status, c::CONNECTED), ("False", "Reconnecting"));
-        assert_eq!(cond(&failing.status, c::DISCONNECTED), ("False", "NotApplicable"));
+        assert_eq!(
+            cond(&failing.status, c::CONNECTED),
+            ("False", "Reconnecting")
+        );
+        assert_eq!(
+            cond(&failing.status, c::DISCONNECTED),
+            ("False", "NotApplicable")
+        );
         assert_eq!(
             cond(&failing.status, c::AUTHENTICATED),
             ("True", "CredentialValid"),
             "a network failure says nothing about the credential"
         );
-        assert!(kinds(&failing).is_empty(), "within the grace period: silent");
+        assert!(
+            kinds(&failing).is_empty(),
+            "within the grace period: silent"
+        );
         let lost = plan(
             Some(&failing.status),
             &observed(Some(link(LinkState::Disconnected, Credential::Untested))),
@@ -538,7 +556,10 @@ mod tests {
             &at(2),
         );
         assert!(kinds(&blip).is_empty());
-        assert!(kinds(&back).is_empty(), "no ConnectivityConnected without a loss");
+        assert!(
+            kinds(&back).is_empty(),
+            "no ConnectivityConnected without a loss"
+        );
     }
 
     #[test]
@@ -552,18 +573,31 @@ mod tests {
         bad.crds = CrdCheck::Mismatch(vec!["operations.vworkspace.io".into()]);
         bad.unhealthy_controllers = vec!["operation: cache of Operation not synced".into()];
         let p = plan(Some(&ok.status), &bad, &at(1));
-        assert_eq!(cond(&p.status, c::AUTHENTICATED), ("False", "CredentialRejected"));
-        assert_eq!(cond(&p.status, c::CRDS_REGISTERED), ("False", "SchemaMismatch"));
+        assert_eq!(
+            cond(&p.status, c::AUTHENTICATED),
+            ("False", "CredentialRejected")
+        );
+        assert_eq!(
+            cond(&p.status, c::CRDS_REGISTERED),
+            ("False", "SchemaMismatch")
+        );
         assert_eq!(
             cond(&p.status, c::CONTROLLERS_HEALTHY),
             ("False", "ControllersNotReady")
         );
         assert_eq!(
             kinds(&p),
-            ["CredentialRejected", "ControllersNotReady", "SchemaMismatch"]
+            [
+                "CredentialRejected",
+                "ControllersNotReady",
+                "SchemaMismatch"
+            ]
         );
-        assert!(p.transitions.iter().all(|t| t.event_type
-            == vworkspace_api::conditions::EventType::Warning));
+        assert!(
+            p.transitions
+                .iter()
+                .all(|t| t.event_type == vworkspace_api::conditions::EventType::Warning)
+        );
     }
 
     #[test]
@@ -597,7 +631,10 @@ mod tests {
     fn modes_without_a_link_say_so() {
         let p = plan(None, &observed(None), &at(0));
         assert_eq!(cond(&p.status, c::CONNECTED), ("Unknown", "NotApplicable"));
-        assert_eq!(cond(&p.status, c::AUTHENTICATED), ("Unknown", "NotApplicable"));
+        assert_eq!(
+            cond(&p.status, c::AUTHENTICATED),
+            ("Unknown", "NotApplicable")
+        );
         assert!(kinds(&p).is_empty());
     }
 }

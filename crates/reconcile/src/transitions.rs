@@ -242,11 +242,15 @@ fn rule<'a>(
                     Some((events::CLUSTER_EVENT_BUFFER_OVERFLOW, Warning))
                 }
                 (
-                    cluster::AUTHENTICATED | cluster::CONTROLLERS_HEALTHY | cluster::CRDS_REGISTERED,
+                    cluster::AUTHENTICATED
+                    | cluster::CONTROLLERS_HEALTHY
+                    | cluster::CRDS_REGISTERED,
                     False,
                 ) => Some((after.reason.as_str(), Warning)),
                 (
-                    cluster::AUTHENTICATED | cluster::CONTROLLERS_HEALTHY | cluster::CRDS_REGISTERED,
+                    cluster::AUTHENTICATED
+                    | cluster::CONTROLLERS_HEALTHY
+                    | cluster::CRDS_REGISTERED,
                     True,
                 ) if was("False") => Some((after.reason.as_str(), Normal)),
                 _ => None,
@@ -477,7 +481,11 @@ mod tests {
                 Cluster,
                 vec![
                     c(cluster::CONNECTED, False, cluster::reasons::RECONNECTING),
-                    c(cluster::DISCONNECTED, False, cluster::reasons::NOT_APPLICABLE),
+                    c(
+                        cluster::DISCONNECTED,
+                        False,
+                        cluster::reasons::NOT_APPLICABLE,
+                    ),
                 ],
                 vec![
                     c(
@@ -520,7 +528,11 @@ mod tests {
             (
                 Cluster,
                 vec![],
-                vec![c(cluster::AUTHENTICATED, Unknown, cluster::reasons::RECONNECTING)],
+                vec![c(
+                    cluster::AUTHENTICATED,
+                    Unknown,
+                    cluster::reasons::RECONNECTING,
+                )],
                 vec![],
             ),
             (

@@ -187,6 +187,14 @@ impl Readiness {
             .push(status);
     }
 
+    /// The live status of every listed controller, in the order they were added.
+    pub fn statuses(&self) -> Vec<ControllerStatus> {
+        self.controllers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
     /// A snapshot of every listed controller, in the order they were added.
     pub fn controllers(&self) -> Vec<ControllerState> {
         self.controllers

@@ -1,3 +1,4 @@
 //! The controllers: I/O around the pure decisions in `vworkspace_reconcile`.
 
 pub mod application_instance;
+pub mod cluster;

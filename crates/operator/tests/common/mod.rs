@@ -32,13 +32,38 @@ pub fn spawn_operator(
     let dir = std::env::temp_dir().join(format!("vws-e2e-{ns}-{identity}"));
     let mut args = vec![
         format!("--watch-namespace={ns}"),
+        // The Lease and the Cluster live in the test's namespace, so concurrent tests
+        // never share them.
+        format!("--namespace={ns}"),
         format!("--identity={identity}"),
-        "--cluster-id=cluster-e2e".to_owned(),
-        "--org-id=org-e2e".to_owned(),
+        format!("--cluster-id={CLUSTER_ID}"),
+        format!("--org-id={ORG_ID}"),
     ];
     args.extend(extra.iter().map(|s| (*s).to_owned()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     OperatorProcess::spawn(Path::new(OPERATOR), &env.kubeconfig, &dir, &args)
+}
+
+/// Id and organization of the Cluster every test operator reports on.
+pub const CLUSTER_ID: &str = "cluster-e2e";
+/// See [`CLUSTER_ID`].
+pub const ORG_ID: &str = "org-e2e";
+
+/// Create the Cluster `cluster-e2e` in `ns` (the operator's `--namespace` in these tests),
+/// in `mode` with no control plane configured.
+pub async fn create_cluster(env: &TestEnv, ns: &str, mode: &str) -> Result<()> {
+    let api: kube::Api<vworkspace_api::Cluster> = kube::Api::namespaced(env.client.clone(), ns);
+    api.create(
+        &kube::api::PostParams::default(),
+        &serde_json::from_value(serde_json::json!({
+            "apiVersion": "vworkspace.io/v1alpha1",
+            "kind": "Cluster",
+            "metadata": { "name": CLUSTER_ID },
+            "spec": { "orgId": ORG_ID, "mode": mode },
+        }))?,
+    )
+    .await?;
+    Ok(())
 }
 
 /// `(status, reason, message)` of the condition `type_` of an instance, if set.

@@ -1,0 +1,294 @@
+//! The Cluster controller: the only writer of `Cluster.status`, I/O around the pure
+//! plan in `vworkspace_reconcile::cluster`.
+//!
+//! It reconciles the one Cluster of this operator (`<namespace>/<cluster-id>`) whenever
+//! something it reports changes: the Cluster itself, a managed namespace, a controller's
+//! health, the control-plane link or the audit stream (both reported in process through
+//! watch channels: the agent never writes the Cluster), and at least every
+//! `resync` to refresh the ages in messages and what discovery finds (CRD schemas, the
+//! Flux version).
+//!
+//! Invariants:
+//! * transitions are published before the status that records them is written (as in
+//!   every controller: a crash in between repeats the publish, which is idempotent);
+//! * the controller's own status writes are recognised by their resourceVersion and
+//!   trigger no reconcile;
+//! * discovery (CRDs, versions) runs at most once per `discovery_interval`, so a burst
+//!   of triggers costs no extra requests;
+//! * a reconcile that finds nothing changed sends nothing.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use tokio::sync::watch;
+use vworkspace_api::cluster::{Cluster, ManagedNamespace};
+use vworkspace_api::conditions::errors;
+use vworkspace_api::labels::{ALLOWED_OPERATION_TEMPLATES, FIELD_MANAGER_OPERATOR};
+use vworkspace_reconcile::cluster::{self as plan, AuditView, CrdCheck, LinkView, Observed};
+use vworkspace_runtime::{Action, ErrorCategory, Event, Readiness};
+use vworkspace_telemetry::metrics::ClusterMetrics;
+
+use crate::checks;
+use crate::publisher::{AuditContext, Publisher};
+
+/// Name of this controller (metric label, log field).
+pub const NAME: &str = "cluster";
+
+/// The label Flux puts on the objects of its installation, CRDs included.
+const FLUX_VERSION_LABEL: &str = "app.kubernetes.io/version";
+/// A CRD every Flux installation the operator works with has.
+const FLUX_CRD: &str = "helmreleases.helm.toolkit.fluxcd.io";
+
+/// What the reconciler needs.
+pub struct Context {
+    /// API client.
+    pub client: Client,
+    /// Transition publisher.
+    pub publisher: Publisher,
+    /// The Cluster this operator reports on.
+    pub key: ObjectRef<Cluster>,
+    /// This binary's version.
+    pub operator_version: String,
+    /// The managed namespaces.
+    pub namespaces: Store<Namespace>,
+    /// Every controller of the process.
+    pub readiness: Readiness,
+    /// The link (Pull mode); `None` while there is none.
+    pub link: watch::Receiver<Option<LinkView>>,
+    /// The audit stream.
+    pub audit: watch::Receiver<AuditView>,
+    /// Discovery results, refreshed at most every `discovery_interval`.
+    pub discovery: Discovery,
+    /// Longest time between two reconciles.
+    pub resync: Duration,
+    /// The resourceVersion of the last status write.
+    pub written: Arc<Mutex<Option<String>>>,
+    /// `vworkspace_operator_managed_namespaces`.
+    pub metrics: ClusterMetrics,
+}
+
+/// Cached discovery: the CRD comparison and the engine versions.
+#[derive(Debug)]
+pub struct Discovery {
+    interval: Duration,
+    last: Mutex<Option<(Instant, Found)>>,
+}
+
+#[derive(Debug, Clone)]
+struct Found {
+    crds: CrdCheck,
+    flux_version: Option<String>,
+}
+
+impl Discovery {
+    /// Discovery refreshed at most every `interval`.
+    pub fn new(interval: Duration) -> Self {
+        Self {
+            interval,
+            last: Mutex::new(None),
+        }
+    }
+
+    async fn get(&self, client: &Client) -> Result<Found, Error> {
+        if let Some((at, found)) = &*self.last.lock().unwrap_or_else(PoisonError::into_inner)
+            && at.elapsed() < self.interval
+        {
+            return Ok(found.clone());
+        }
+        let crds = checks::crd_check(client.clone())
+            .await
+            .map_err(Error::Discovery)?;
+        let flux_version = Api::<CustomResourceDefinition>::all(client.clone())
+            .get_metadata_opt(FLUX_CRD)
+            .await
+            .map_err(Error::Discovery)?
+            .and_then(|crd| crd.labels().get(FLUX_VERSION_LABEL).cloned());
+        let found = Found { crds, flux_version };
+        *self.last.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some((Instant::now(), found.clone()));
+        Ok(found)
+    }
+}
+
+/// Reconcile failures.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Reading CRDs failed.
+    #[error("reading CustomResourceDefinitions")]
+    Discovery(#[source] kube::Error),
+    /// Writing status failed.
+    #[error("writing the status")]
+    Status(#[source] kube::Error),
+}
+
+impl ErrorCategory for Error {
+    fn category(&self) -> &'static str {
+        match self {
+            Self::Discovery(_) => errors::READ_FAILED,
+            Self::Status(_) => errors::STATUS_WRITE_FAILED,
+        }
+    }
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+/// The triggers that are not API objects: link, audit stream and controller health
+/// changes all reconcile the one Cluster.
+pub fn triggers(
+    key: ObjectRef<Cluster>,
+    link: watch::Receiver<Option<LinkView>>,
+    audit: watch::Receiver<AuditView>,
+    readiness: &Readiness,
+) -> impl futures::Stream<Item = ObjectRef<Cluster>> + Send + 'static {
+    let link = tokio_stream_from(link);
+    let audit = tokio_stream_from(audit);
+    let health = readiness
+        .statuses()
+        .into_iter()
+        .map(|s| tokio_stream_from(s.subscribe()))
+        .collect::<Vec<_>>();
+    futures::stream::select_all([link, audit].into_iter().chain(health).collect::<Vec<_>>())
+        .map(move |()| key.clone())
+}
+
+/// A stream that yields once per change of `rx` (changes in between coalesce).
+fn tokio_stream_from<T: Send + Sync + 'static>(
+    rx: watch::Receiver<T>,
+) -> futures::stream::BoxStream<'static, ()> {
+    futures::stream::unfold(rx, |mut rx| async move {
+        rx.changed().await.ok()?;
+        Some(((), rx))
+    })
+    .boxed()
+}
+
+/// The Cluster's status write, when `obj` is it: no reconcile needed.
+pub fn is_own_write(written: &Mutex<Option<String>>, obj: &Cluster) -> bool {
+    let written = written.lock().unwrap_or_else(PoisonError::into_inner);
+    written.is_some() && *written == obj.metadata.resource_version
+}
+
+/// Reconcile the Cluster.
+pub async fn reconcile(event: Event<Cluster>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let obj = match event {
+        Event::Apply(obj) => obj,
+        Event::Cleanup(_) => return Ok(Action::Done),
+    };
+    if ObjectRef::from_obj(obj.as_ref()) != ctx.key {
+        // Another Cluster in the namespace: the readiness check `cluster` reports it.
+        return Ok(Action::Done);
+    }
+    let found = ctx.discovery.get(&ctx.client).await?;
+    let observed = Observed {
+        generation: obj.metadata.generation,
+        operator_version: ctx.operator_version.clone(),
+        flux_version: found.flux_version,
+        velero_version: None,
+        managed_namespaces: ctx
+            .namespaces
+            .state()
+            .iter()
+            .map(|ns| {
+                ManagedNamespace::from_annotation(
+                    ns.name_any(),
+                    ns.annotations()
+                        .get(ALLOWED_OPERATION_TEMPLATES)
+                        .map(String::as_str),
+                )
+            })
+            .collect(),
+        link: ctx.link.borrow().clone(),
+        unhealthy_controllers: unhealthy(&ctx.readiness),
+        crds: found.crds,
+        audit: ctx.audit.borrow().clone(),
+    };
+    ctx.metrics
+        .set_managed_namespaces(observed.managed_namespaces.len());
+    let now = Time(Timestamp::now());
+    let p = plan::plan(obj.status.as_ref(), &observed, &now);
+    for record in &p.transitions {
+        ctx.publisher
+            .publish(obj.as_ref(), record, "Report", AuditContext::default())
+            .await;
+    }
+    if p.changed {
+        let api: Api<Cluster> =
+            Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
+        let body = json!({
+            "apiVersion": vworkspace_api::API_VERSION,
+            "kind": "Cluster",
+            "status": p.status,
+        });
+        let written = api
+            .patch_status(
+                &obj.name_any(),
+                &PatchParams::apply(FIELD_MANAGER_OPERATOR).force(),
+                &Patch::Apply(&body),
+            )
+            .await
+            .map_err(Error::Status)?;
+        *ctx.written.lock().unwrap_or_else(PoisonError::into_inner) =
+            written.metadata.resource_version;
+        tracing::info!(cluster = %obj.name_any(), "cluster status written");
+    }
+    Ok(Action::RequeueAfter(ctx.resync))
+}
+
+/// What is wrong with each controller that is not healthy.
+fn unhealthy(readiness: &Readiness) -> Vec<String> {
+    readiness
+        .controllers()
+        .iter()
+        .filter_map(|c| {
+            let unsynced: Vec<String> = c
+                .unsynced()
+                .map(|w| format!("cache of {} not synced", w.kind))
+                .collect();
+            (!unsynced.is_empty()).then(|| format!("{}: {}", c.name, unsynced.join(", ")))
+        })
+        .collect()
+}
+
+/// The readiness sub-check `cluster`: exactly one Cluster in the operator's namespace,
+/// named like `--cluster-id`, whose `spec.orgId` agrees with `--org-id`.
+pub fn check_identity(
+    clusters: &Store<Cluster>,
+    key: &ObjectRef<Cluster>,
+    org_id: &str,
+) -> Result<(), String> {
+    let namespace = key.namespace.as_deref().unwrap_or_default();
+    let all = clusters.state();
+    let mut names: Vec<String> = all.iter().map(|c| c.name_any()).collect();
+    names.sort();
+    match all.iter().find(|c| ObjectRef::from_obj(c.as_ref()) == *key) {
+        None if names.is_empty() => Err(format!(
+            "no Cluster in {namespace}; create {namespace}/{} (the cluster id)",
+            key.name
+        )),
+        None => Err(format!(
+            "no Cluster named {} in {namespace} (found: {}); the name must be the cluster id",
+            key.name,
+            names.join(", ")
+        )),
+        Some(_) if names.len() > 1 => Err(format!(
+            "{} Clusters in {namespace} ({}); exactly one is expected",
+            names.len(),
+            names.join(", ")
+        )),
+        Some(c) if c.spec.org_id != org_id => Err(format!(
+            "Cluster {} says orgId {:?} but the operator runs with --org-id {org_id:?}",
+            key.name, c.spec.org_id
+        )),
+        Some(_) => Ok(()),
+    }
+}

@@ -1,0 +1,234 @@
+//! The Cluster controller of the built binary: the status it writes, the readiness
+//! sub-check `cluster` (exactly one Cluster, agreeing with the flags), and the
+//! Events of its transitions.
+
+use std::time::Duration;
+
+use anyhow::{Result, ensure};
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+use vworkspace_api::Cluster;
+use vworkspace_api::labels;
+use vworkspace_testkit::env::{TestEnv, poll_until, unique_suffix};
+
+mod common;
+
+use common::{CLUSTER_ID, create_cluster, install_crds, spawn_operator};
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+fn condition(c: &Cluster, type_: &str) -> Option<(String, String)> {
+    c.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|x| x.type_ == type_)
+        .map(|x| (x.status.clone(), x.reason.clone()))
+}
+
+#[tokio::test]
+async fn cluster_status_reports_namespaces_controllers_crds_and_versions() -> Result<()> {
+    let env = TestEnv::shared().await?;
+    install_crds(&env).await?;
+    let ns = env.fresh_namespace("cluster").await?;
+    // Another managed namespace, with allowed templates: it must be listed with them.
+    let other = env.fresh_namespace("cluster-other").await?;
+    let namespaces: Api<Namespace> = Api::all(env.client.clone());
+    namespaces
+        .patch(
+            &other,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "metadata": { "annotations": {
+                labels::ALLOWED_OPERATION_TEMPLATES: "upgrade.helm, backup.velero"
+            } } })),
+        )
+        .await?;
+    create_cluster(&env, &ns, "push").await?;
+    let mut op = spawn_operator(
+        &env,
+        &ns,
+        &format!("op-{}", unique_suffix()),
+        &["--cluster-resync=1s"],
+    )?;
+    let api: Api<Cluster> = Api::namespaced(env.client.clone(), &ns);
+
+    let cluster = poll_until(LIMIT, "a Cluster status with every condition", || async {
+        let c = api.get(CLUSTER_ID).await.ok()?;
+        let s = c.status.as_ref()?;
+        (s.conditions.len() == 6
+            && condition(&c, "ControllersHealthy")
+                == Some(("True".into(), "AllControllersReady".into()))
+            && s.managed_namespaces.iter().any(|n| n.name == other))
+        .then_some(c)
+    })
+    .await?;
+    let s = cluster.status.clone().unwrap_or_default();
+    ensure!(s.observed_generation == cluster.metadata.generation);
+    ensure!(
+        s.operator_version
+            .as_deref()
+            .is_some_and(|v| v.starts_with('v')),
+        "operatorVersion: {:?}",
+        s.operator_version
+    );
+    let listed = s
+        .managed_namespaces
+        .iter()
+        .find(|n| n.name == other)
+        .map(|n| n.allowed_operation_templates.clone());
+    ensure!(
+        listed == Some(vec!["backup.velero".into(), "upgrade.helm".into()]),
+        "allowed templates parsed and sorted: {listed:?}"
+    );
+    ensure!(condition(&cluster, "CRDsRegistered") == Some(("True".into(), "SchemaMatches".into())));
+    ensure!(
+        condition(&cluster, "Connected") == Some(("Unknown".into(), "NotApplicable".into())),
+        "push mode has no link in this version: {:?}",
+        condition(&cluster, "Connected")
+    );
+    ensure!(
+        condition(&cluster, "EventBufferOverflow")
+            == Some(("False".into(), "BufferWithinCapacity".into()))
+    );
+    ensure!(
+        s.velero_version.is_none(),
+        "no Velero here: reported absent"
+    );
+    ensure!(s.audit_stream.is_some(), "auditStream summary present");
+
+    // The managed-namespaces gauge counts what the status lists.
+    let metrics = op.metrics().await?;
+    let gauge = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("vworkspace_operator_managed_namespaces "))
+        .and_then(|v| v.trim().parse::<f64>().ok());
+    ensure!(
+        gauge.is_some_and(|g| g >= 2.0),
+        "managed_namespaces gauge: {gauge:?}"
+    );
+
+    // Unmanaging a namespace removes it from the status.
+    namespaces
+        .patch(
+            &other,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "metadata": { "labels": { labels::MANAGED_BY: null } } })),
+        )
+        .await?;
+    poll_until(
+        LIMIT,
+        "the unmanaged namespace to leave the list",
+        || async {
+            let c = api.get(CLUSTER_ID).await.ok()?;
+            (!c.status?.managed_namespaces.iter().any(|n| n.name == other)).then_some(())
+        },
+    )
+    .await?;
+
+    // Settled, a resync writes nothing: the resourceVersion stays put.
+    let before = api.get(CLUSTER_ID).await?.metadata.resource_version;
+    let settled_reconciles = reconciles(&op.metrics().await?);
+    poll_until(LIMIT, "three more resyncs", || async {
+        (reconciles(&op.metrics().await.ok()?) >= settled_reconciles + 3.0).then_some(())
+    })
+    .await?;
+    let after = api.get(CLUSTER_ID).await?.metadata.resource_version;
+    ensure!(
+        before == after,
+        "an idle resync rewrote the status ({before:?} -> {after:?})"
+    );
+    op.ensure_running()?;
+    Ok(())
+}
+
+fn reconciles(metrics: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("controller_runtime_reconcile_total{")
+                && l.contains("controller=\"cluster\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn readiness_needs_exactly_one_agreeing_cluster() -> Result<()> {
+    let env = TestEnv::shared().await?;
+    install_crds(&env).await?;
+    let ns = env.fresh_namespace("cluster-ready").await?;
+    let mut op = spawn_operator(&env, &ns, &format!("op-{}", unique_suffix()), &[])?;
+
+    let probe = |want: u16| {
+        let op = &op;
+        async move {
+            poll_until(LIMIT, &format!("/readyz/cluster {want}"), || async {
+                let (code, body) = op.probe("/readyz/cluster").await.ok()?;
+                (code == want).then_some(body)
+            })
+            .await
+        }
+    };
+    let body = probe(503).await?;
+    ensure!(
+        body.contains("no Cluster in") && body.contains(CLUSTER_ID),
+        "says what to create: {body}"
+    );
+
+    create_cluster(&env, &ns, "push").await?;
+    probe(200).await?;
+
+    // A second Cluster: not silently ignored.
+    let api: Api<Cluster> = Api::namespaced(env.client.clone(), &ns);
+    let second: Cluster = serde_json::from_value(json!({
+        "apiVersion": "vworkspace.io/v1alpha1",
+        "kind": "Cluster",
+        "metadata": { "name": "cluster-other" },
+        "spec": { "orgId": "org-e2e", "mode": "push" },
+    }))?;
+    api.create(&PostParams::default(), &second).await?;
+    let body = probe(503).await?;
+    ensure!(
+        body.contains("2 Clusters") && body.contains("cluster-other"),
+        "names both: {body}"
+    );
+    api.delete("cluster-other", &DeleteParams::default())
+        .await?;
+    probe(200).await?;
+
+    // An orgId that disagrees with --org-id.
+    api.patch(
+        CLUSTER_ID,
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "spec": { "orgId": "someone-else" } })),
+    )
+    .await?;
+    let body = probe(503).await?;
+    ensure!(
+        body.contains("someone-else") && body.contains("--org-id"),
+        "{body}"
+    );
+    api.patch(
+        CLUSTER_ID,
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "spec": { "orgId": "org-e2e" } })),
+    )
+    .await?;
+    probe(200).await?;
+
+    // The Cluster's Events are written in its namespace; healthy first reports announce
+    // nothing (a condition first added as True is silent).
+    let events: Api<Event> = Api::namespaced(env.client.clone(), &ns);
+    let listed = events.list(&ListParams::default()).await?;
+    ensure!(
+        !listed
+            .items
+            .iter()
+            .any(|e| e.regarding.as_ref().and_then(|r| r.kind.as_deref()) == Some("Cluster")),
+        "no Event for a healthy first report"
+    );
+    op.ensure_running()?;
+    Ok(())
+}
