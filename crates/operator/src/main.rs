@@ -12,6 +12,8 @@ mod cli;
 mod controllers;
 mod leader;
 mod publisher;
+#[allow(dead_code)] // wired into the pull-mode link next
+mod replay;
 
 use std::process::ExitCode;
 use std::sync::Arc;

@@ -223,6 +223,29 @@ pub fn event_name(object: &str, event_id: &str) -> String {
     format!("{prefix}.{short_id}")
 }
 
+/// The audit event announcing `record`, a transition of the object with `meta`: the
+/// one construction, used by the live publisher and by the replay from status, so the
+/// two cannot differ in any field.
+pub fn audit_event(
+    source: &AuditSource,
+    meta: &ObjectMeta,
+    record: &TransitionRecord,
+    context: AuditContext<'_>,
+) -> AuditEvent {
+    let uid = meta.uid.as_deref().unwrap_or_default();
+    let mut audit = AuditEvent::for_transition(source, uid, record);
+    if let Some(ns) = meta.namespace.clone() {
+        audit = audit.with_namespace(ns);
+    }
+    if let Some(app) = context.application_instance {
+        audit = audit.with_application_instance(app);
+    }
+    if let Some(op) = context.operation_id {
+        audit = audit.with_operation_id(op);
+    }
+    audit
+}
+
 impl Publisher {
     /// A publisher for this operator instance (`reporting_instance` is the pod name).
     pub fn new(
@@ -250,17 +273,7 @@ impl Publisher {
     where
         K: Resource<DynamicType = ()>,
     {
-        let uid = obj.meta().uid.clone().unwrap_or_default();
-        let mut audit = AuditEvent::for_transition(&self.source, &uid, record);
-        if let Some(ns) = obj.meta().namespace.clone() {
-            audit = audit.with_namespace(ns);
-        }
-        if let Some(app) = context.application_instance {
-            audit = audit.with_application_instance(app);
-        }
-        if let Some(op) = context.operation_id {
-            audit = audit.with_operation_id(op);
-        }
+        let audit = audit_event(&self.source, obj.meta(), record, context);
         let event_id = audit.event_id.clone();
 
         let regarding = ObjectReference {
