@@ -33,6 +33,7 @@
 //! | Operation | `Running` becomes `True` | `OperationRunning` | Normal |
 //! | Operation | `Succeeded` becomes `True` | `OperationSucceeded` | Normal |
 //! | Operation | `Succeeded` becomes `False`, reason `Cancelled` / other | `OperationCancelled` / `OperationFailed` | Normal / Warning |
+//! | Operation | `CancelRequested` becomes `True` (the engine cannot stop its work) | the condition's reason (`CancelNotSupported`) | Warning |
 //! | Cluster | `Connected` becomes `True` / `False` | `ConnectivityConnected` / `ConnectivityLost` | Normal / Warning |
 //! | Cluster | `EventBufferOverflow` becomes `True` | `ClusterEventBufferOverflow` | Warning |
 //! | Cluster | `Authenticated`, `ControllersHealthy`, `CRDsRegistered` change status or reason (not when first added as `True`) | the condition's reason | Warning if `False` |
@@ -210,6 +211,7 @@ fn rule<'a>(
                 Some((events::OPERATION_CANCELLED, Normal))
             }
             (operation::SUCCEEDED, False) if became => Some((events::OPERATION_FAILED, Warning)),
+            (operation::CANCEL_REQUESTED, True) if became => Some((after.reason.as_str(), Warning)),
             _ => None,
         },
         Resource::Cluster => match (t, status) {
@@ -413,6 +415,16 @@ mod tests {
                 vec!["OperationFailed:Warning"],
             ),
             (
+                Op,
+                vec![],
+                vec![c(
+                    operation::CANCEL_REQUESTED,
+                    True,
+                    operation::reasons::CANCEL_NOT_SUPPORTED,
+                )],
+                vec!["CancelNotSupported:Warning"],
+            ),
+            (
                 Cluster,
                 vec![],
                 vec![
@@ -516,7 +528,7 @@ mod tests {
         let blocked = [c(
             operation::ACCEPTED,
             False,
-            operation::reasons::CONFLICTING_OPERATION,
+            operation::reasons::MUTATING_OPERATION_RUNNING,
         )];
         let accepted = [c(
             operation::ACCEPTED,
