@@ -5,5 +5,7 @@
 
 pub mod application_instance;
 pub mod catalog;
+pub mod engines;
 pub mod names;
+pub mod operation;
 pub mod transitions;
