@@ -120,7 +120,7 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube_core::Resource;
+use kube_core::{GroupVersionKind, Resource};
 use serde_json::{Map, Value};
 use vworkspace_api::application_instance::ApplicationInstance;
 use vworkspace_api::conditions::{
@@ -232,6 +232,24 @@ impl ValidOperation {
     /// [`vworkspace_api::operation::FINALIZER`] before its first child is created.
     pub fn needs_finalizer(&self) -> bool {
         self.engine() == Engine::Velero
+    }
+
+    /// The kinds the cluster must serve for the engine to be installed (what
+    /// [`World::engine_installed`] answers): the child's kind, and for the helm engines
+    /// Flux's HelmRelease (their "child" is the ApplicationInstance, always served).
+    pub fn required_kinds(&self) -> Vec<GroupVersionKind> {
+        let helm_release = || {
+            GroupVersionKind::gvk(
+                &HelmRelease::group(&()),
+                &HelmRelease::version(&()),
+                &HelmRelease::kind(&()),
+            )
+        };
+        match self.engine() {
+            Engine::Helm => vec![helm_release()],
+            Engine::HelmHookJob => vec![self.template.child().clone(), helm_release()],
+            _ => vec![self.template.child().clone()],
+        }
     }
 
     /// The namespace children live in when it is not the Operation's (Velero's).
@@ -822,10 +840,10 @@ impl<'a> Next<'a> {
 /// Classify and decide: the next status and the one step.
 pub fn plan(op: &ValidOperation, prev: &OperationStatus, world: &World) -> Plan {
     if op.deleting {
-        return unchanged(op, prev, &world.now, Step::DeleteChildren);
+        return unchanged(prev, Step::DeleteChildren);
     }
     if prev.phase.is_some_and(OperationPhase::is_terminal) {
-        return unchanged(op, prev, &world.now, Step::Done);
+        return unchanged(prev, Step::Done);
     }
     let mut next = Next::new(op, prev, &world.now);
     let step = if started(prev) {
@@ -836,8 +854,7 @@ pub fn plan(op: &ValidOperation, prev: &OperationStatus, world: &World) -> Plan 
     next.finish(step)
 }
 
-fn unchanged(op: &ValidOperation, prev: &OperationStatus, now: &Time, step: Step) -> Plan {
-    let _ = (op, now);
+fn unchanged(prev: &OperationStatus, step: Step) -> Plan {
     Plan {
         status: prev.clone(),
         step,
@@ -960,14 +977,17 @@ fn preconditions(
         ));
     }
     if !world.engine_installed {
-        let child = op.template.child();
+        let kinds: Vec<String> = op
+            .required_kinds()
+            .iter()
+            .map(|k| format!("{} {}", k.api_version(), k.kind))
+            .collect();
         return Err((
             reasons::ENGINE_NOT_INSTALLED,
             format!(
-                "engine {} is not installed: the cluster does not serve {} {} (its CRD is missing)",
+                "engine {} is not installed: the cluster does not serve {} (its CRD is missing)",
                 op.engine(),
-                child.api_version(),
-                child.kind
+                kinds.join(" / ")
             ),
         ));
     }

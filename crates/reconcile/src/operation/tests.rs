@@ -1343,6 +1343,32 @@ fn catalog_overrides_reach_the_operation() {
 }
 
 #[test]
+fn the_engine_check_names_the_kinds_it_needs() {
+    let up = valid(&operation(
+        "up",
+        OperationType::Upgrade,
+        "upgrade.helm",
+        json!({"version": "1.3.0"}),
+    ));
+    let kinds: Vec<String> = up
+        .required_kinds()
+        .iter()
+        .map(|k| format!("{}/{}", k.api_version(), k.kind))
+        .collect();
+    assert_eq!(kinds, ["helm.toolkit.fluxcd.io/v2/HelmRelease"]);
+    let mut w = world(T0);
+    w.engine_installed = false;
+    let p = plan(&up, &OperationStatus::default(), &w);
+    assert!(
+        p.status
+            .message
+            .unwrap()
+            .contains("helm.toolkit.fluxcd.io/v2 HelmRelease")
+    );
+    assert_eq!(valid(&backup_op()).required_kinds()[0].kind, "Backup");
+}
+
+#[test]
 fn a_child_create_rejection_fails_with_the_servers_words() {
     let op = valid(&job_op());
     let w = world(T0);
