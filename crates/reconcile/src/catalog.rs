@@ -695,4 +695,22 @@ mod tests {
         assert_eq!(t.parameters()["dryRun"], "false");
         assert_eq!(t.parameter_names(), None);
     }
+
+    /// The example in the module docs is a valid ConfigMap.
+    #[test]
+    fn the_documented_example_parses() {
+        let doc: serde_yaml::Value = serde_yaml::from_str(
+            "data:\n  backup.velero: |\n    timeout: 45m                 # Go duration, > 0\n    parameters:\n      storageLocation: s3-eu\n      veleroNamespace: velero\n  runcommand.job: |\n    image: registry.example.com/tools:1.4   # container image of the Job\n    timeout: 5m\n",
+        )
+        .expect("yaml");
+        let data: BTreeMap<String, String> =
+            serde_yaml::from_value(doc["data"].clone()).expect("string map");
+        let catalog = builtin()
+            .with_overrides(&data)
+            .expect("the example is valid");
+        assert_eq!(
+            catalog.get("runcommand.job").and_then(Template::image),
+            Some("registry.example.com/tools:1.4")
+        );
+    }
 }

@@ -1430,3 +1430,59 @@ fn views_read_the_objects() {
     );
     assert_eq!(t.release_name, "app");
 }
+
+#[test]
+fn a_volsync_deadline_after_a_failed_mover_says_so_and_deletes_the_source() {
+    let op = valid(&operation(
+        "vs",
+        OperationType::Backup,
+        "backup.volsync",
+        json!({"sourcePVC": "data", "restic": {"repository": "restic-secret"}}),
+    ));
+    let w = world(T0);
+    let accepted = plan(&op, &OperationStatus::default(), &w).status;
+    let p = plan(&op, &accepted, &w);
+    let Step::CreateChildren(children) = &p.step else {
+        panic!("create");
+    };
+    let Child::ReplicationSource(rs) = &children[0] else {
+        panic!("a ReplicationSource");
+    };
+    assert_eq!(
+        rs.spec.trigger.as_ref().and_then(|t| t.manual.as_deref()),
+        Some("op-6b62a1f0c3d4")
+    );
+    let mut failing = rs.clone();
+    failing.status = serde_json::from_value(
+        json!({"latestMoverStatus": {"result": "Failed", "logs": "repository locked"}}),
+    )
+    .unwrap();
+    let mut w = world(T0 + 5);
+    w.children.replication_sources = vec![failing.clone()];
+    let running = plan(&op, &p.status, &w);
+    assert_eq!(running.status.phase, Some(OperationPhase::Running));
+    w.now = at(T0 + 30 * 60);
+    let late = plan(&op, &running.status, &w);
+    assert_eq!(
+        late.status.reason.as_deref(),
+        Some(reasons::VOLSYNC_SYNC_FAILED)
+    );
+    assert!(late.status.message.unwrap().contains("repository locked"));
+    assert!(
+        matches!(&late.step, Step::StopChild(Stop::Delete(refs)) if refs[0].kind == "ReplicationSource")
+    );
+    // The sync completing is success, with VolSync's numbers in the outputs.
+    let mut done = failing;
+    done.status = serde_json::from_value(
+        json!({"lastManualSync": "op-6b62a1f0c3d4", "lastSyncDuration": "42s"}),
+    )
+    .unwrap();
+    w.children.replication_sources = vec![done];
+    w.now = at(T0 + 60);
+    let ok = plan(&op, &running.status, &w);
+    assert_eq!(
+        ok.status.reason.as_deref(),
+        Some(reasons::VOLSYNC_SYNC_COMPLETED)
+    );
+    assert_eq!(ok.status.outputs["lastSyncDuration"], "42s");
+}
