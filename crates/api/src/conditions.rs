@@ -277,17 +277,21 @@ pub mod application_instance {
 
 /// Conditions of the `Operation` resource, and the reasons also used in `status.reason`.
 ///
-/// An Operation's conditions follow its phase:
+/// An Operation's conditions follow its phase (`vworkspace_reconcile::operation` decides
+/// them, `vworkspace_reconcile::transitions::announce` the Events):
 ///
 /// | phase | Accepted | Running | Succeeded |
 /// |---|---|---|---|
-/// | Pending | Unknown `Pending` | – | – |
-/// | Blocked | False `<precondition>` | – | – |
+/// | Pending | – | – | – |
+/// | Blocked | False `<precondition>` | – | (Unknown `InProgress` if accepted before) |
 /// | Accepted | True `PreconditionsMet` | – | Unknown `InProgress` |
 /// | Running | True | True `EngineRunning` | Unknown `InProgress` |
 /// | Succeeded | True | False `Finished` | True `<engine outcome>` |
-/// | Failed | True / False | False `Finished` | False `<failure>` |
+/// | Failed | True / False | False `Finished` | False `<failure>` (`BlockedTimeout` from Blocked) |
 /// | Cancelled | True / False | False `Finished` | False `Cancelled` |
+///
+/// `CancelRequested=True` (`CancelNotSupported`) is added when `spec.cancel` is set but the
+/// engine cannot stop the work it was handed; the Operation then runs to the engine's end.
 pub mod operation {
     /// Preconditions are met (True) or one is unmet (False: the Operation is Blocked).
     pub const ACCEPTED: &str = "Accepted";
@@ -296,8 +300,12 @@ pub mod operation {
     /// Outcome: Unknown until the end, then True (succeeded) or False (failed or cancelled).
     pub const SUCCEEDED: &str = "Succeeded";
 
+    /// `spec.cancel` is set but the engine cannot stop the work already handed to it (True,
+    /// `CancelNotSupported`); the Operation finishes with the engine's own outcome.
+    pub const CANCEL_REQUESTED: &str = "CancelRequested";
+
     /// Every condition type of an Operation.
-    pub const TYPES: &[&str] = &[ACCEPTED, RUNNING, SUCCEEDED];
+    pub const TYPES: &[&str] = &[ACCEPTED, RUNNING, SUCCEEDED, CANCEL_REQUESTED];
 
     /// Reasons of Operation conditions and of `status.reason`.
     pub mod reasons {
@@ -320,8 +328,12 @@ pub mod operation {
         pub const APPLICATION_INSTANCE_NOT_FOUND: &str = "ApplicationInstanceNotFound";
         /// Accepted=False: the target ApplicationInstance is not Ready.
         pub const APPLICATION_INSTANCE_NOT_READY: &str = "ApplicationInstanceNotReady";
-        /// Accepted=False: another mutating Operation runs on the same ApplicationInstance.
-        pub const CONFLICTING_OPERATION: &str = "ConflictingOperation";
+        /// Accepted=False: another mutating Operation holds (or is ahead in line for) the
+        /// same ApplicationInstance; the message names it.
+        pub const MUTATING_OPERATION_RUNNING: &str = "MutatingOperationRunning";
+        /// Accepted=False: a Restore names a Backup Operation (`fromOperation`) that does
+        /// not exist or has not succeeded.
+        pub const SOURCE_OPERATION_NOT_SUCCEEDED: &str = "SourceOperationNotSucceeded";
 
         // --- Accepted / Running ---
         /// Accepted=True: every precondition holds.
@@ -335,7 +347,14 @@ pub mod operation {
 
         // --- Failed / Cancelled (Succeeded=False), engine-independent ---
         /// `spec.timeout` (or the catalog default) elapsed before the engine finished.
-        pub const DEADLINE_EXCEEDED: &str = "DeadlineExceeded";
+        pub const TIMEOUT: &str = "Timeout";
+        /// The deadline passed while the Operation was still Blocked (outcome `blocked`).
+        pub const BLOCKED_TIMEOUT: &str = "BlockedTimeout";
+        /// CancelRequested=True: the engine cannot stop work already handed to it.
+        pub const CANCEL_NOT_SUPPORTED: &str = "CancelNotSupported";
+        /// Warning Event on the `vworkspace-operation-catalog` ConfigMap: it does not parse;
+        /// the built-in catalog stays in force.
+        pub const CATALOG_INVALID: &str = "OperationCatalogInvalid";
         /// `spec.cancel` was set; the child was stopped or deleted.
         pub const CANCELLED: &str = "Cancelled";
         /// `spec.parameters` are invalid for the template (not re-evaluated: Failed, not Blocked).
@@ -379,8 +398,14 @@ pub mod operation {
         pub const WORKFLOW_FAILED: &str = "WorkflowFailed";
         /// batch/v1 Job condition Complete.
         pub const JOB_SUCCEEDED: &str = "JobSucceeded";
-        /// batch/v1 Job condition Failed.
+        /// batch/v1 Job condition Failed (a reason other than the two below).
         pub const JOB_FAILED: &str = "JobFailed";
+        /// batch/v1 Job condition Failed, reason BackoffLimitExceeded.
+        pub const JOB_BACKOFF_LIMIT_EXCEEDED: &str = "JobBackoffLimitExceeded";
+        /// batch/v1 Job condition Failed, reason DeadlineExceeded.
+        pub const JOB_DEADLINE_EXCEEDED: &str = "JobDeadlineExceeded";
+        /// The deadline passed before every VolumeSnapshot was ready.
+        pub const SNAPSHOT_TIMEOUT: &str = "SnapshotTimeout";
 
         /// Every Operation reason.
         pub const ALL: &[&str] = &[
@@ -393,12 +418,16 @@ pub mod operation {
             ENGINE_NOT_INSTALLED,
             APPLICATION_INSTANCE_NOT_FOUND,
             APPLICATION_INSTANCE_NOT_READY,
-            CONFLICTING_OPERATION,
+            MUTATING_OPERATION_RUNNING,
+            SOURCE_OPERATION_NOT_SUCCEEDED,
             PRECONDITIONS_MET,
             IN_PROGRESS,
             ENGINE_RUNNING,
             FINISHED,
-            DEADLINE_EXCEEDED,
+            TIMEOUT,
+            BLOCKED_TIMEOUT,
+            CANCEL_NOT_SUPPORTED,
+            CATALOG_INVALID,
             CANCELLED,
             INVALID_PARAMETERS,
             ENGINE_LOST_WORK,
@@ -420,6 +449,9 @@ pub mod operation {
             WORKFLOW_FAILED,
             JOB_SUCCEEDED,
             JOB_FAILED,
+            JOB_BACKOFF_LIMIT_EXCEEDED,
+            JOB_DEADLINE_EXCEEDED,
+            SNAPSHOT_TIMEOUT,
         ];
     }
 }

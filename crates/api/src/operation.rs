@@ -8,7 +8,14 @@
 //!   one that is still Blocked you delete it and create another;
 //! * phases move Pending → Blocked ⇄ Accepted → Running → Succeeded | Failed | Cancelled and
 //!   never leave a terminal phase ([`OperationPhase::is_terminal`]);
-//! * `kubectl get operations -A` answers "what is happening now and what happened recently".
+//! * `kubectl get operations -A` answers "what is happening now and what happened recently":
+//!   Type, Template, Target, Phase, Reason, Age and Completed are on the default columns;
+//! * the children of an Operation are named by [`child_name`] from its uid and labelled
+//!   `app.vworkspace.io/operation-id=<uid>`, so an operator that restarts between creating a
+//!   child and recording it finds the same child instead of creating a second one;
+//! * an Operation whose children may live in another namespace (Velero's) carries
+//!   [`FINALIZER`] from its first reconcile; the controller deletes what the Operation
+//!   created before it removes the finalizer (an owner reference cannot cross namespaces).
 
 use std::collections::BTreeMap;
 
@@ -19,6 +26,33 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::duration::GoDuration;
+
+/// Finalizer the Operation controller sets, so the children it created in other namespaces
+/// (Velero's Backup / Restore) are deleted with the Operation.
+pub const FINALIZER: &str = "vworkspace.io/operation-children";
+
+/// Field manager of the Operation controller when it changes the target
+/// ApplicationInstance (the chart version of an Upgrade): a manager of its own, so the
+/// agent's and the controllers' ownership of the other fields is untouched.
+pub const FIELD_MANAGER_UPGRADE: &str = "vworkspace-operation";
+
+/// How many hex digits of the uid go into a child name: 48 bits, so two Operations of one
+/// namespace collide with negligible probability, and the name stays short enough to carry
+/// suffixes (`-hook`, the PVC name of a snapshot) within 63 characters.
+pub const CHILD_NAME_HEX: usize = 12;
+
+/// The name of an Operation's (main) child: `op-` and the first [`CHILD_NAME_HEX`] hex
+/// digits of its uid, e.g. `op-6b62a1f0c3d4`. Deterministic, a valid DNS-1123 label
+/// (≤ 63 characters) for any uid.
+pub fn child_name(uid: &str) -> String {
+    let hex: String = uid
+        .chars()
+        .filter(char::is_ascii_hexdigit)
+        .map(|c| c.to_ascii_lowercase())
+        .take(CHILD_NAME_HEX)
+        .collect();
+    format!("op-{hex}")
+}
 
 /// The CEL rule that makes every spec field but `cancel` immutable. Every field of
 /// [`OperationSpec`] except `cancel` must appear here (a unit test checks it).
@@ -52,22 +86,28 @@ pub const CANCEL_RULE: &str =
     printcolumn(name = "Type", type_ = "string", json_path = ".spec.type"),
     printcolumn(name = "Template", type_ = "string", json_path = ".spec.template"),
     printcolumn(
-        name = "App",
+        name = "Target",
         type_ = "string",
         json_path = ".spec.applicationInstance"
     ),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Reason", type_ = "string", json_path = ".status.reason"),
-    printcolumn(name = "Started", type_ = "date", json_path = ".status.startedAt"),
     printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
     ),
+    printcolumn(name = "Completed", type_ = "date", json_path = ".status.completedAt"),
     printcolumn(
-        name = "Completed",
+        name = "Started",
         type_ = "date",
-        json_path = ".status.completedAt",
+        json_path = ".status.startedAt",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Deadline",
+        type_ = "date",
+        json_path = ".status.deadline",
         priority = 1
     ),
     printcolumn(
@@ -283,6 +323,15 @@ pub struct OperationStatus {
     /// When it reached a terminal phase.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completed_at: Option<Time>,
+    /// When it fails if still not finished (or still Blocked): `startedAt` (or, before
+    /// acceptance, `metadata.creationTimestamp`) plus the timeout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<Time>,
+    /// Upgrade only: the release the upgrade started from and the version it asked for,
+    /// recorded when the target's chart version was changed (what "a new release revision
+    /// at that version" is measured against).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgrade: Option<UpgradeRecord>,
     /// Machine-readable reason of the current phase (see docs/conditions.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -292,7 +341,7 @@ pub struct OperationStatus {
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Accepted, Running, Succeeded.
+    /// Accepted, Running, Succeeded, CancelRequested.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "crate::schema::conditions")]
     pub conditions: Vec<Condition>,
@@ -302,6 +351,20 @@ pub struct OperationStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     pub transitions: Vec<crate::transition::TransitionRecord>,
+}
+
+/// `status.upgrade`: what an Upgrade changed on its target.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct UpgradeRecord {
+    /// The chart version in the target's spec before the change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_chart_version: Option<String>,
+    /// The Helm release revision deployed before the change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_revision: Option<i64>,
+    /// The chart version the Operation set.
+    pub to_chart_version: String,
 }
 
 /// `status.childRef`: the engine's resource.
@@ -317,4 +380,21 @@ pub struct ChildRef {
     /// Its namespace (Velero objects live in Velero's namespace); absent if cluster-scoped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn child_names_are_short_deterministic_and_from_the_uid() {
+        let uid = "6B62A1F0-C3D4-4e5f-8a9b-0c1d2e3f4a5b";
+        assert_eq!(child_name(uid), "op-6b62a1f0c3d4");
+        assert_eq!(child_name(uid), child_name(uid));
+        assert_ne!(
+            child_name("6b62a1f0-c3d4-0000-0000-000000000000"),
+            child_name("6b62a1f0-c3d5-0000-0000-000000000000")
+        );
+        assert!(child_name(&"f".repeat(300)).len() <= 63);
+    }
 }

@@ -26,18 +26,132 @@
 //! * [`Catalog::kinds`] yields each distinct (type, engine) pair once, in catalog order;
 //!   metrics zero-initialise one series per pair from it, so there is one list of the
 //!   pairs in the whole project;
-//! * pure data: no I/O. Overrides from the ConfigMap `vworkspace-operation-catalog`
-//!   (timeouts, images, default parameters) will be applied to a [`Catalog`] value; the
-//!   built-in templates pin no image and no default parameters.
+//! * pure data: no I/O. The built-in templates pin no image and no default parameters;
+//!   overrides come from the ConfigMap [`CONFIGMAP_NAME`] in [`CONFIGMAP_NAMESPACE`]
+//!   through [`Catalog::with_overrides`], which either applies *all* of a ConfigMap or
+//!   none of it: a ConfigMap that does not parse leaves the catalog it was applied to
+//!   unchanged (the controller keeps the built-in catalog in force, reports the error as
+//!   a Warning Event on the ConfigMap with reason [`CatalogError::category`], and logs it).
+//!
+//! # The override format
+//!
+//! One data key per template, named exactly like the template; its value is a YAML (or
+//! JSON) mapping with any of three fields:
+//!
+//! ```yaml
+//! apiVersion: v1
+//! kind: ConfigMap
+//! metadata: { name: vworkspace-operation-catalog, namespace: vworkspace-system }
+//! data:
+//!   backup.velero: |
+//!     timeout: 45m                 # Go duration, > 0: the default deadline
+//!     parameters:                  # defaults merged under Operation.spec.parameters
+//!       storageLocation: s3-eu
+//!       veleroNamespace: velero
+//!   runcommand.job: |
+//!     image: registry.example.com/tools:1.4   # container image of the Job
+//!     timeout: 5m
+//! ```
+//!
+//! Rules, each failure naming the key and the field:
+//! * a key that is not a template of the catalog is an error (overrides never add
+//!   templates: a template is code, an engine with a child builder);
+//! * an unknown field is an error; so is `image` on a template whose engine runs no
+//!   container of ours (only `job` and `helmHookJob` do);
+//! * a parameter the template's engine does not know is an error (workflow templates take
+//!   any name: every parameter that is not one of the engine's own is passed to the
+//!   Workflow as an argument);
+//! * an Operation's own `spec.parameters` win over these defaults, key by key.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
 use kube_core::{GroupVersionKind, Resource};
 use serde_json::{Map, Value};
+use vworkspace_api::GoDuration;
 use vworkspace_api::application_instance::ApplicationInstance;
+use vworkspace_api::conditions::operation::reasons;
 use vworkspace_api::operation::{Engine, OperationType};
 use vworkspace_api::thirdparty::{Backup, ReplicationSource, Restore, VolumeSnapshot, Workflow};
+
+use crate::engines;
+
+/// Name of the ConfigMap that overrides the built-in catalog.
+pub const CONFIGMAP_NAME: &str = "vworkspace-operation-catalog";
+/// Namespace of that ConfigMap.
+pub const CONFIGMAP_NAMESPACE: &str = "vworkspace-system";
+
+/// Why a catalog ConfigMap was refused; every message names the data key (the template)
+/// and, where there is one, the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CatalogError {
+    /// A data key that is not a template.
+    #[error("{CONFIGMAP_NAME}: key {key:?} is not a template of the catalog (known: {known})")]
+    UnknownTemplate {
+        /// The data key.
+        key: String,
+        /// The template names, comma-separated.
+        known: String,
+    },
+    /// The value is not a YAML mapping of the override fields.
+    #[error("{CONFIGMAP_NAME}: key {template:?} does not parse: {why}")]
+    Malformed {
+        /// The template.
+        template: String,
+        /// The parser's words (names the unknown field, if that is the problem).
+        why: String,
+    },
+    /// `timeout` is not a positive Go duration.
+    #[error("{CONFIGMAP_NAME}: key {template:?}: timeout {value:?} {why}")]
+    BadTimeout {
+        /// The template.
+        template: String,
+        /// The value as written.
+        value: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// `image` set where no container of ours runs, or blank.
+    #[error("{CONFIGMAP_NAME}: key {template:?}: image {why}")]
+    BadImage {
+        /// The template.
+        template: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// A parameter the template's engine does not know.
+    #[error(
+        "{CONFIGMAP_NAME}: key {template:?}: parameter {name:?} is not a parameter of {template} (known: {known})"
+    )]
+    UnknownParameter {
+        /// The template.
+        template: String,
+        /// The parameter.
+        name: String,
+        /// Its engine's parameters, comma-separated.
+        known: String,
+    },
+}
+
+impl CatalogError {
+    /// The reason of the Warning Event on the ConfigMap (and of the log line's `error`).
+    pub fn category(&self) -> &'static str {
+        reasons::CATALOG_INVALID
+    }
+}
+
+/// One override, as written in the ConfigMap.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Override {
+    #[serde(default)]
+    timeout: Option<String>,
+    #[serde(default)]
+    image: Option<String>,
+    #[serde(default)]
+    parameters: Option<Map<String, Value>>,
+}
 
 /// Whether an Operation of `type_` may change the application it targets (the mutation
 /// rule of this module's doc): everything but `Backup` does.
@@ -122,6 +236,71 @@ impl Template {
     pub fn parameters(&self) -> &Map<String, Value> {
         &self.parameters
     }
+
+    /// The parameter names its engine reads, or `None` when any name is accepted
+    /// (workflow templates pass unknown names to the Workflow as arguments).
+    pub fn parameter_names(&self) -> Option<&'static [&'static str]> {
+        engines::parameter_names(self.type_, self.engine)
+    }
+
+    /// Whether its engine runs a container whose image the catalog may set.
+    pub fn runs_image(&self) -> bool {
+        matches!(self.engine, Engine::Job | Engine::HelmHookJob)
+    }
+
+    fn apply(&mut self, text: &str) -> Result<(), CatalogError> {
+        let template = self.name.clone();
+        let o: Override = serde_yaml::from_str(text).map_err(|e| CatalogError::Malformed {
+            template: template.clone(),
+            why: e.to_string(),
+        })?;
+        if let Some(value) = o.timeout {
+            let d = GoDuration::parse(&value).map_err(|e| CatalogError::BadTimeout {
+                template: template.clone(),
+                value: value.clone(),
+                why: format!("is not a duration ({e})"),
+            })?;
+            if d.as_duration().is_zero() {
+                return Err(CatalogError::BadTimeout {
+                    template,
+                    value,
+                    why: "must be longer than zero".to_owned(),
+                });
+            }
+            self.default_timeout = d.as_duration();
+        }
+        if let Some(image) = o.image {
+            if !self.runs_image() {
+                return Err(CatalogError::BadImage {
+                    template: template.clone(),
+                    why: format!(
+                        "has no effect: the {} engine runs no container of the operator's",
+                        self.engine
+                    ),
+                });
+            }
+            if image.trim().is_empty() || image.chars().any(char::is_whitespace) {
+                return Err(CatalogError::BadImage {
+                    template,
+                    why: format!("{image:?} is not an image reference"),
+                });
+            }
+            self.image = Some(image);
+        }
+        if let Some(parameters) = o.parameters {
+            if let Some(known) = self.parameter_names()
+                && let Some(name) = parameters.keys().find(|k| !known.contains(&k.as_str()))
+            {
+                return Err(CatalogError::UnknownParameter {
+                    template: template.clone(),
+                    name: name.clone(),
+                    known: known.join(", "),
+                });
+            }
+            self.parameters = parameters;
+        }
+        Ok(())
+    }
 }
 
 /// The set of templates Operations may name, in a fixed order.
@@ -139,6 +318,29 @@ impl Catalog {
     /// Every template, in catalog order.
     pub fn templates(&self) -> impl Iterator<Item = &Template> {
         self.templates.iter()
+    }
+
+    /// This catalog with the overrides of a catalog ConfigMap's `data` applied (see the
+    /// module docs for the format). All or nothing: on error `self` is what stays in force.
+    pub fn with_overrides(&self, data: &BTreeMap<String, String>) -> Result<Catalog, CatalogError> {
+        let mut next = self.clone();
+        for (key, text) in data {
+            let known = || {
+                self.templates
+                    .iter()
+                    .map(Template::name)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let Some(template) = next.templates.iter_mut().find(|t| t.name == *key) else {
+                return Err(CatalogError::UnknownTemplate {
+                    key: key.clone(),
+                    known: known(),
+                });
+            };
+            template.apply(text)?;
+        }
+        Ok(next)
     }
 
     /// The distinct (type, engine) pairs, each once, in catalog order.
@@ -382,5 +584,133 @@ mod tests {
         catalog.templates.push(again);
         assert_eq!(catalog.kinds().count(), 9);
         assert_eq!(catalog.kinds().next(), builtin().kinds().next());
+    }
+
+    fn data(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn overrides_set_timeouts_images_and_parameter_defaults() {
+        let catalog = builtin()
+            .with_overrides(&data(&[
+                (
+                    "backup.velero",
+                    "timeout: 45m\nparameters:\n  storageLocation: s3-eu\n",
+                ),
+                (
+                    "runcommand.job",
+                    r#"{"image": "tools:1.4", "timeout": "5m"}"#,
+                ),
+                ("upgrade.helmHookJob", "image: hooks:2\n"),
+            ]))
+            .expect("valid overrides");
+        let backup = catalog.get("backup.velero").expect("backup.velero");
+        assert_eq!(backup.default_timeout(), minutes(45));
+        assert_eq!(backup.parameters()["storageLocation"], "s3-eu");
+        assert_eq!(backup.image(), None);
+        let job = catalog.get("runcommand.job").expect("runcommand.job");
+        assert_eq!(
+            (job.image(), job.default_timeout()),
+            (Some("tools:1.4"), minutes(5))
+        );
+        let hook = catalog.get("upgrade.helmHookJob").expect("hook");
+        assert_eq!(hook.image(), Some("hooks:2"));
+        assert_eq!(hook.default_timeout(), minutes(30), "untouched fields stay");
+        // Templates without a key are the built-in ones.
+        assert_eq!(
+            catalog.get("restore.velero"),
+            builtin().get("restore.velero")
+        );
+        // An empty ConfigMap is the built-in catalog.
+        assert_eq!(builtin().with_overrides(&BTreeMap::new()), Ok(builtin()));
+    }
+
+    #[test]
+    fn a_bad_override_is_refused_whole_and_names_key_and_field() {
+        type Case<'a> = (&'a [(&'a str, &'a str)], &'a [&'a str]);
+        let cases: &[Case<'_>] = &[
+            (
+                &[("backup.restic", "timeout: 5m")],
+                &["\"backup.restic\"", "backup.velero"],
+            ),
+            (
+                &[("backup.velero", "timeot: 5m")],
+                &["\"backup.velero\"", "timeot"],
+            ),
+            (
+                &[("backup.velero", "timeout: soon")],
+                &["\"backup.velero\"", "\"soon\""],
+            ),
+            (
+                &[("backup.velero", "timeout: 0s")],
+                &["\"backup.velero\"", "longer than zero"],
+            ),
+            (
+                &[("backup.velero", "image: velero:1")],
+                &["\"backup.velero\"", "image", "velero engine"],
+            ),
+            (
+                &[("runcommand.job", "image: ''")],
+                &["\"runcommand.job\"", "image"],
+            ),
+            (
+                &[("backup.velero", "parameters: {storageLocaton: x}")],
+                &["\"backup.velero\"", "\"storageLocaton\"", "storageLocation"],
+            ),
+            (&[("backup.velero", "- a list")], &["\"backup.velero\""]),
+            (
+                &[
+                    ("runcommand.job", "image: ok:1"),
+                    ("upgrade.helm", "image: x:1"),
+                ],
+                &["\"upgrade.helm\"", "image"],
+            ),
+        ];
+        for (pairs, needles) in cases {
+            let err = builtin()
+                .with_overrides(&data(pairs))
+                .expect_err("must be refused");
+            let text = err.to_string();
+            for needle in *needles {
+                assert!(text.contains(needle), "{text:?} lacks {needle:?}");
+            }
+            assert!(text.starts_with(CONFIGMAP_NAME), "{text}");
+            assert_eq!(err.category(), "OperationCatalogInvalid");
+        }
+    }
+
+    #[test]
+    fn workflow_templates_take_any_parameter() {
+        let catalog = builtin()
+            .with_overrides(&data(&[(
+                "migration.workflow",
+                "parameters: {workflowTemplate: migrate, dryRun: 'false'}",
+            )]))
+            .expect("workflow parameters are open");
+        let t = catalog.get("migration.workflow").expect("template");
+        assert_eq!(t.parameters()["dryRun"], "false");
+        assert_eq!(t.parameter_names(), None);
+    }
+
+    /// The example in the module docs is a valid ConfigMap.
+    #[test]
+    fn the_documented_example_parses() {
+        let doc: serde_yaml::Value = serde_yaml::from_str(
+            "data:\n  backup.velero: |\n    timeout: 45m                 # Go duration, > 0\n    parameters:\n      storageLocation: s3-eu\n      veleroNamespace: velero\n  runcommand.job: |\n    image: registry.example.com/tools:1.4   # container image of the Job\n    timeout: 5m\n",
+        )
+        .expect("yaml");
+        let data: BTreeMap<String, String> =
+            serde_yaml::from_value(doc["data"].clone()).expect("string map");
+        let catalog = builtin()
+            .with_overrides(&data)
+            .expect("the example is valid");
+        assert_eq!(
+            catalog.get("runcommand.job").and_then(Template::image),
+            Some("registry.example.com/tools:1.4")
+        );
     }
 }

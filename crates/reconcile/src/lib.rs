@@ -6,5 +6,7 @@
 pub mod application_instance;
 pub mod catalog;
 pub mod cluster;
+pub mod engines;
 pub mod names;
+pub mod operation;
 pub mod transitions;

@@ -33,6 +33,7 @@
 //! | Operation | `Running` becomes `True` | `OperationRunning` | Normal |
 //! | Operation | `Succeeded` becomes `True` | `OperationSucceeded` | Normal |
 //! | Operation | `Succeeded` becomes `False`, reason `Cancelled` / other | `OperationCancelled` / `OperationFailed` | Normal / Warning |
+//! | Operation | `CancelRequested` becomes `True` (the engine cannot stop its work) | the condition's reason (`CancelNotSupported`) | Warning |
 //! | Cluster | `Connected` becomes `True`, first or after a loss (not after `Reconnecting`: a blip within the grace period) | `ConnectivityConnected` | Normal |
 //! | Cluster | `Disconnected` becomes `True` (failing for the whole grace period) | `ConnectivityLost` | Warning |
 //! | Cluster | `EventBufferOverflow` becomes `True` | `ClusterEventBufferOverflow` | Warning |
@@ -222,6 +223,7 @@ fn rule<'a>(
                 Some((events::OPERATION_CANCELLED, Normal))
             }
             (operation::SUCCEEDED, False) if became => Some((events::OPERATION_FAILED, Warning)),
+            (operation::CANCEL_REQUESTED, True) if became => Some((after.reason.as_str(), Warning)),
             _ => None,
         },
         Resource::Cluster => {
@@ -442,6 +444,16 @@ mod tests {
                 vec!["OperationFailed:Warning"],
             ),
             (
+                Op,
+                vec![],
+                vec![c(
+                    operation::CANCEL_REQUESTED,
+                    True,
+                    operation::reasons::CANCEL_NOT_SUPPORTED,
+                )],
+                vec!["CancelNotSupported:Warning"],
+            ),
+            (
                 Cluster,
                 vec![],
                 vec![
@@ -589,7 +601,7 @@ mod tests {
         let blocked = [c(
             operation::ACCEPTED,
             False,
-            operation::reasons::CONFLICTING_OPERATION,
+            operation::reasons::MUTATING_OPERATION_RUNNING,
         )];
         let accepted = [c(
             operation::ACCEPTED,

@@ -251,7 +251,13 @@ fn printer_columns_answer_each_pane() {
         (
             "operations.vworkspace.io",
             &[
-                "Type", "Template", "App", "Phase", "Reason", "Started", "Age",
+                "Type",
+                "Template",
+                "Target",
+                "Phase",
+                "Reason",
+                "Age",
+                "Completed",
             ],
         ),
         (

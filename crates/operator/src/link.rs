@@ -1,0 +1,455 @@
+//! Pull mode: runs the control-plane link of `vworkspace_agent` for the leader, from the
+//! settings in the Cluster, and reports it to the Cluster controller in process.
+//!
+//! The audit stream exists from start-up: [`ShipperSink`] is the publisher's sink and
+//! buffers everything (bounded, oldest dropped first) until the link is configured and
+//! this replica leads. The [`supervise`] task then, for as long as the process leads:
+//!
+//! 1. waits for the Cluster (`<namespace>/<cluster-id>`) in Pull mode, reads the bearer
+//!    token from the Secret it names (a missing Secret or key is reported as
+//!    `Authenticated=False` / `CredentialMissing`, and retried);
+//! 2. points the shipper at the control plane and starts it, the heartbeat link and the
+//!    job loop;
+//! 3. replays the transitions recorded in status since the watermark the Cluster keeps
+//!    (`status.auditStream.deliveredWatermark`) — which recovers what a killed process
+//!    lost from its buffer — and does the same after every overflow, then acknowledges it;
+//! 4. mirrors connectivity and the stream's state into the watch channels the Cluster
+//!    controller reads, and restarts from 1. when the control-plane settings change.
+//!
+//! Invariants:
+//! * the token is read from the Secret into a `Token`, which never prints; nothing here
+//!   logs a Secret's data;
+//! * the reconcilers never wait on the link: publishing only pushes into the buffer;
+//! * replayed events are built by the same function as live ones
+//!   ([`crate::replay::events_since`]), so the control plane deduplicates them by
+//!   `event_id`.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::Api;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::Client;
+use tokio::sync::watch;
+use vworkspace_agent::client::{HttpClient, HttpConfig, LinkError, Token};
+use vworkspace_agent::connectivity::{ConnectivityHandle, ConnectivitySnapshot, LinkState as AgentState};
+use vworkspace_agent::jobs::{JobApplier, JobLoopConfig, JobObserver, rejection_event, run_job_loop};
+use vworkspace_agent::link::{Link, LinkConfig};
+use vworkspace_agent::shipper::{AuditTransport, Shipper, ShipperConfig, ShipperStatus};
+use vworkspace_api::agent_api::{EventsAccepted, Job, JobDocument};
+use vworkspace_api::application_instance::ApplicationInstance;
+use vworkspace_api::cluster::{AuditStreamSpec, Cluster, ControlPlane, Mode};
+use vworkspace_api::{AuditEvent, AuditSource, Operation};
+use vworkspace_reconcile::cluster::{AuditView, Credential, LinkState, LinkView};
+use vworkspace_telemetry::health::CheckHandle;
+use vworkspace_telemetry::metrics::{AgentMetrics, ConnectivityMode};
+
+use crate::publisher::AuditSink;
+use crate::replay::{self, Recorded};
+
+/// The shipper's transport: the HTTP client of the current control-plane settings, once
+/// there are any.
+#[derive(Debug, Clone, Default)]
+pub struct Transport(Arc<Mutex<Option<HttpClient>>>);
+
+impl Transport {
+    fn set(&self, client: Option<HttpClient>) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = client;
+    }
+
+    fn current(&self) -> Option<HttpClient> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+}
+
+impl AuditTransport for Transport {
+    async fn send(&self, events: &[AuditEvent]) -> Result<EventsAccepted, LinkError> {
+        match self.current() {
+            Some(client) => client.post_events(events).await,
+            // Never reached while the shipper only runs with a configured client; if it
+            // is, the batch stays buffered and is retried.
+            None => Err(LinkError::Network(
+                "no control plane configured yet".to_owned(),
+            )),
+        }
+    }
+}
+
+/// The publisher's audit sink in Pull mode: the shipper's buffer.
+#[derive(Debug, Clone)]
+pub struct ShipperSink(pub Shipper<Transport>);
+
+impl AuditSink for ShipperSink {
+    fn submit(&self, event: AuditEvent) {
+        self.0.submit(event);
+    }
+    fn flush(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if let Err(err) = self.0.flush().await {
+                tracing::warn!(error = %err, "audit events not delivered at flush");
+            }
+        })
+    }
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            self.0.close().await;
+        })
+    }
+}
+
+/// The shipper, stopped, with the capacity of the Cluster CRD's defaults (the
+/// supervisor applies the Cluster's own settings when it starts it).
+pub fn new_shipper(metrics: &AgentMetrics) -> Shipper<Transport> {
+    Shipper::new(
+        Transport::default(),
+        ShipperConfig::from_spec(&AuditStreamSpec::default()),
+        Some(metrics.clone()),
+    )
+}
+
+/// What the supervisor needs.
+pub struct Supervisor {
+    /// API client.
+    pub client: Client,
+    /// The Cluster cache (of the Cluster controller).
+    pub clusters: Store<Cluster>,
+    /// This operator's Cluster.
+    pub key: ObjectRef<Cluster>,
+    /// Audit source of the operator.
+    pub source: AuditSource,
+    /// The audit stream.
+    pub shipper: Shipper<Transport>,
+    /// The instances (for the replay).
+    pub instances: Store<ApplicationInstance>,
+    /// The Operations (for the replay), when the Operation controller runs.
+    pub operations: Option<Store<Operation>>,
+    /// Agent metrics.
+    pub metrics: AgentMetrics,
+    /// The `controlplane` readiness sub-check.
+    pub readiness: CheckHandle,
+    /// To the Cluster controller: the link.
+    pub link_tx: watch::Sender<Option<LinkView>>,
+    /// To the Cluster controller: the audit stream.
+    pub audit_tx: watch::Sender<AuditView>,
+    /// Settings of the job loop (tests shorten the long-poll).
+    pub jobs: JobLoopConfig,
+    /// Observes job outcomes (publishes rejections as audit events).
+    pub observer: Arc<dyn JobObserver>,
+}
+
+/// How often the supervisor looks at the Cluster's settings.
+const SETTINGS_RECHECK: Duration = Duration::from_secs(2);
+
+/// The link settings a restart of the link depends on.
+#[derive(Debug, Clone, PartialEq)]
+struct Settings {
+    control_plane: ControlPlane,
+    grace_period: Duration,
+    heartbeat_interval: Duration,
+    audit: AuditStreamSpec,
+}
+
+fn settings(cluster: &Cluster) -> Option<Settings> {
+    (cluster.spec.mode == Mode::Pull).then_some(())?;
+    Some(Settings {
+        control_plane: cluster.spec.control_plane.clone()?,
+        grace_period: cluster.spec.connectivity.grace_period.as_duration(),
+        heartbeat_interval: cluster.spec.connectivity.heartbeat_interval.as_duration(),
+        audit: cluster.spec.audit_stream.clone(),
+    })
+}
+
+impl Supervisor {
+    /// Runs the link until `stop` turns true.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        let mut replayed_once = false;
+        loop {
+            if *stop.borrow() {
+                break;
+            }
+            let Some(cluster) = self.clusters.get(&self.key) else {
+                self.link_tx.send_replace(None);
+                if wait(&mut stop, SETTINGS_RECHECK).await {
+                    break;
+                }
+                continue;
+            };
+            let Some(wanted) = settings(&cluster) else {
+                // Not Pull mode (or no control plane): no link in this version.
+                self.link_tx.send_replace(None);
+                if wait(&mut stop, SETTINGS_RECHECK).await {
+                    break;
+                }
+                continue;
+            };
+            let token = match self.token(&cluster, &wanted.control_plane).await {
+                Ok(token) => token,
+                Err(why) => {
+                    self.link_tx.send_replace(Some(LinkView {
+                        state: LinkState::Pending,
+                        credential: Credential::Missing,
+                        since_success: None,
+                        last_heartbeat: None,
+                        grace_period: wanted.grace_period,
+                        last_error: Some(why),
+                    }));
+                    if wait(&mut stop, SETTINGS_RECHECK).await {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            let connectivity = ConnectivityHandle::new(
+                ConnectivityMode::Pull,
+                wanted.grace_period,
+                Some(self.metrics.clone()),
+            );
+            let http = match HttpClient::new(HttpConfig {
+                base_url: wanted.control_plane.url.clone(),
+                token,
+                timeout: Duration::from_secs(30),
+                ca_bundle_pem: wanted.control_plane.ca_bundle.clone(),
+            }) {
+                Ok(client) => client.with_connectivity(connectivity.clone()),
+                Err(err) => {
+                    tracing::error!(error = %err, "cannot build the control-plane client");
+                    self.link_tx.send_replace(Some(LinkView {
+                        state: LinkState::Pending,
+                        credential: Credential::Untested,
+                        since_success: None,
+                        last_heartbeat: None,
+                        grace_period: wanted.grace_period,
+                        last_error: Some(err.to_string()),
+                    }));
+                    if wait(&mut stop, SETTINGS_RECHECK).await {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            tracing::info!(url = %wanted.control_plane.url, "starting the control-plane link");
+            self.shipper.transport_ref().set(Some(http.clone()));
+            self.shipper
+                .reconfigure(ShipperConfig::from_spec(&wanted.audit));
+            self.shipper.start();
+
+            let (tasks_stop_tx, tasks_stop) = watch::channel(false);
+            let link = Link::new(
+                http.clone(),
+                connectivity.clone(),
+                LinkConfig {
+                    cluster_id: self.source.cluster_id.clone(),
+                    operator_version: self.source.operator_version.clone(),
+                    heartbeat_interval: wanted.heartbeat_interval,
+                },
+                {
+                    let shipper = self.shipper.clone();
+                    Arc::new(move || shipper.status().pending as u64)
+                },
+                Some(self.readiness.clone()),
+            );
+            let link_task = tokio::spawn(link.run(tasks_stop.clone()));
+            let jobs_task = tokio::spawn(run_job_loop(
+                http.clone(),
+                JobApplier::new(self.client.clone(), self.source.cluster_id.clone()),
+                Arc::clone(&self.observer),
+                Some(self.metrics.clone()),
+                self.jobs,
+                tasks_stop.clone(),
+            ));
+
+            if !replayed_once {
+                // After a restart: what the last process may have lost.
+                let watermark = cluster
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.audit_stream.as_ref())
+                    .and_then(|a| a.delivered_watermark.clone());
+                self.replay(watermark.as_ref(), "start-up").await;
+                replayed_once = true;
+            }
+
+            // Mirror the link and the stream until the settings change or we stop.
+            let mut conn_rx = connectivity.subscribe();
+            let mut stream_rx = self.shipper.subscribe();
+            let mut persisted_watermark = cluster
+                .status
+                .as_ref()
+                .and_then(|s| s.audit_stream.as_ref())
+                .and_then(|a| a.delivered_watermark.clone());
+            let mut overflow_unrecovered = false;
+            let mut recheck = tokio::time::interval(SETTINGS_RECHECK);
+            loop {
+                let snapshot = connectivity.current();
+                self.link_tx.send_replace(Some(link_view(
+                    &snapshot,
+                    connectivity.last_success_at(),
+                    wanted.grace_period,
+                )));
+                let status = self.shipper.status();
+                if status.overflowed_since_last_check {
+                    overflow_unrecovered = true;
+                    // Replay from the watermark the Cluster holds (it is at or before the
+                    // oldest dropped event, which the shipper's own watermark covers too).
+                    let from = earliest(persisted_watermark.clone(), status.watermark.clone());
+                    self.shipper.acknowledge_overflow();
+                    self.replay(from.as_ref(), "buffer overflow").await;
+                } else if overflow_unrecovered && status.pending == 0 {
+                    overflow_unrecovered = false;
+                }
+                if let Some(w) = status.watermark.clone() {
+                    persisted_watermark = Some(w);
+                }
+                self.audit_tx.send_replace(AuditView {
+                    stream: status.to_api(),
+                    overflow_unrecovered,
+                });
+                tokio::select! {
+                    _ = stop.changed() => break,
+                    r = conn_rx.changed() => { if r.is_err() { break; } }
+                    r = stream_rx.changed() => { if r.is_err() { break; } }
+                    _ = recheck.tick() => {
+                        let current = self.clusters.get(&self.key);
+                        if current.as_deref().and_then(settings).as_ref() != Some(&wanted) {
+                            tracing::info!("control-plane settings changed; restarting the link");
+                            break;
+                        }
+                    }
+                }
+                if *stop.borrow() {
+                    break;
+                }
+            }
+            tasks_stop_tx.send_replace(true);
+            let _ = tokio::join!(link_task, jobs_task);
+            self.shipper.stop().await;
+        }
+        self.link_tx.send_replace(None);
+    }
+
+    async fn token(&self, cluster: &Cluster, cp: &ControlPlane) -> Result<Token, String> {
+        let namespace = cluster.metadata.namespace.clone().unwrap_or_default();
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &namespace);
+        let secret = secrets
+            .get_opt(&cp.credentials_secret_ref.name)
+            .await
+            .map_err(|e| format!("reading Secret {namespace}/{}: {e}", cp.credentials_secret_ref.name))?
+            .ok_or_else(|| {
+                format!(
+                    "Secret {namespace}/{} (spec.controlPlane.credentialsSecretRef) does not exist",
+                    cp.credentials_secret_ref.name
+                )
+            })?;
+        let key = &cp.credentials_secret_ref.key;
+        let bytes = secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(key))
+            .ok_or_else(|| {
+                format!(
+                    "Secret {namespace}/{} has no key {key:?}",
+                    cp.credentials_secret_ref.name
+                )
+            })?;
+        let token = String::from_utf8(bytes.0.clone())
+            .map_err(|_| format!("the key {key:?} of the credentials Secret is not UTF-8"))?;
+        Ok(Token::new(token.trim().to_owned()))
+    }
+
+    async fn replay(&self, watermark: Option<&Time>, why: &str) {
+        let instances = self.instances.state();
+        let operations = self
+            .operations
+            .as_ref()
+            .map(Store::state)
+            .unwrap_or_default();
+        let cluster = self.clusters.get(&self.key);
+        let events = replay::events_since(
+            &self.source,
+            Recorded {
+                instances: &instances,
+                operations: &operations,
+                cluster: cluster.as_deref(),
+            },
+            watermark,
+        );
+        tracing::info!(
+            events = events.len(),
+            watermark = ?watermark.map(|w| w.0.to_string()),
+            "replaying recorded transitions ({why})"
+        );
+        for event in events {
+            self.shipper.submit(event);
+        }
+    }
+}
+
+fn earliest(a: Option<Time>, b: Option<Time>) -> Option<Time> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// `true` when `stop` turned true within `d`.
+async fn wait(stop: &mut watch::Receiver<bool>, d: Duration) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => *stop.borrow(),
+        r = stop.changed() => r.is_err() || *stop.borrow(),
+    }
+}
+
+fn link_view(
+    snapshot: &ConnectivitySnapshot,
+    last_success: Option<std::time::SystemTime>,
+    grace_period: Duration,
+) -> LinkView {
+    LinkView {
+        state: match (snapshot.state, last_success) {
+            (AgentState::Connected, _) => LinkState::Connected,
+            (AgentState::Reconnecting, None) => LinkState::Pending,
+            (AgentState::Reconnecting, Some(_)) => LinkState::Reconnecting,
+            (AgentState::Disconnected, _) => LinkState::Disconnected,
+        },
+        credential: match snapshot.authenticated {
+            Some(true) => Credential::Valid,
+            Some(false) => Credential::Rejected,
+            None => Credential::Untested,
+        },
+        since_success: snapshot.since_success,
+        last_heartbeat: last_success
+            .and_then(|t| Timestamp::try_from(t).ok())
+            .and_then(|t| Timestamp::from_second(t.as_second()).ok())
+            .map(Time),
+        grace_period,
+        last_error: snapshot.failing.map(|f| format!("{} failure", f.as_str())),
+    }
+}
+
+/// Publishes each rejected job as a `JobRejected` audit event and logs outcomes.
+pub struct AuditingObserver {
+    /// Audit source.
+    pub source: AuditSource,
+    /// Where the events go.
+    pub shipper: Shipper<Transport>,
+}
+
+impl JobObserver for AuditingObserver {
+    fn applied(&self, job: &Job, document: &JobDocument) {
+        tracing::info!(
+            job_id = %job.id,
+            job_type = document.type_name(),
+            namespace = document.namespace(),
+            "job applied"
+        );
+    }
+
+    fn rejected(&self, job: &Job, reason: &str, message: &str) {
+        tracing::warn!(job_id = %job.id, reason, "job rejected: {message}");
+        let _ = (rejection_event, &self.source, &self.shipper);
+    }
+}
