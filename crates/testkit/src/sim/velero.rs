@@ -304,10 +304,11 @@ fn phase(obj: &DynamicObject) -> &str {
 }
 
 /// New objects get the whole run; objects left finalizing (by a restart) are finished.
+/// One key for both: a run's own `Finalizing` write, seen after the run ended, must not
+/// start a second job.
 fn wants(obj: &DynamicObject) -> Option<String> {
     match phase(obj) {
-        "" | "New" => Some("run".to_owned()),
-        "Finalizing" | "FinalizingPartiallyFailed" => Some("finalize".to_owned()),
+        "" | "New" | "Finalizing" | "FinalizingPartiallyFailed" => Some("velero".to_owned()),
         _ => None,
     }
 }
