@@ -154,7 +154,7 @@ async fn velero_backup_goes_new_in_progress_finalizing_completed() -> Result<()>
     let (env, ns) = setup("sim-velero").await?;
     let backups = api(&env, &ns, &backup_resource());
     let recorder = Recorder::start(backups.clone());
-    let velero = VeleroSimulator::start_with(
+    let mut velero = VeleroSimulator::start_with(
         env.client.clone(),
         Some(&ns),
         VeleroOptions {
@@ -718,5 +718,94 @@ async fn at_most_max_in_flight_snapshots_are_worked_on_at_once() -> Result<()> {
     );
     // Two writes per snapshot: bound, then ready.
     ensure!(stats.writes == 2 * N as u64, "{stats:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_stopped_simulator_takes_no_new_work() -> Result<()> {
+    let (env, ns) = setup("sim-stop").await?;
+    let snapshots = api(&env, &ns, &volume_snapshot_resource());
+    let ready = |name: String| {
+        let snapshots = snapshots.clone();
+        async move {
+            poll_until(LIMIT, &format!("{name} to be ready"), || async {
+                let obj = snapshots.get(&name).await.ok()?;
+                (obj.data["status"]["readyToUse"] == true).then_some(())
+            })
+            .await
+        }
+    };
+    let pp = PostParams::default();
+    let mut first = SnapshotSimulator::start_with(
+        env.client.clone(),
+        Some(&ns),
+        SnapshotOptions {
+            sim: sim(0),
+            ..SnapshotOptions::default()
+        },
+    );
+    snapshots
+        .create(&pp, &volume_snapshot(&ns, "before", "data")?)
+        .await?;
+    ready("before".into()).await?;
+    first.stop().await;
+    let stopped = first.stats();
+    ensure!(stopped.started == 1, "{stopped:?}");
+
+    // A second simulator does the next snapshot; a first one still running would have
+    // started a job for it too, on the same watch event.
+    let second = SnapshotSimulator::start_with(
+        env.client.clone(),
+        Some(&ns),
+        SnapshotOptions {
+            sim: sim(300),
+            ..SnapshotOptions::default()
+        },
+    );
+    snapshots
+        .create(&pp, &volume_snapshot(&ns, "after", "data")?)
+        .await?;
+    ready("after".into()).await?;
+    ensure!(
+        first.stats() == stopped,
+        "the stopped simulator did nothing more: {:?}",
+        first.stats()
+    );
+    ensure!(second.stats().started == 1, "{:?}", second.stats());
+    Ok(())
+}
+
+#[tokio::test]
+async fn velero_finishes_what_an_earlier_run_left_finalizing() -> Result<()> {
+    let (env, ns) = setup("sim-velero-final").await?;
+    let backups = api(&env, &ns, &backup_resource());
+    let pp = PostParams::default();
+    // What a server that stopped while finalizing leaves behind.
+    for (name, status) in [
+        ("left", json!({ "phase": "Finalizing" })),
+        (
+            "left-partial",
+            json!({ "phase": "FinalizingPartiallyFailed", "errors": 5 }),
+        ),
+    ] {
+        backups.create(&pp, &backup(&ns, name, &["a"])?).await?;
+        backups
+            .patch_status(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "status": status })),
+            )
+            .await?;
+    }
+    let velero = VeleroSimulator::start(env.client.clone(), Some(&ns));
+    let ends = ["Completed", "PartiallyFailed", "Failed"];
+    let left = until_field(&backups, "left", "phase", &ends).await?;
+    ensure!(left.data["status"]["phase"] == "Completed", "{}", left.data);
+    let partial = until_field(&backups, "left-partial", "phase", &ends).await?;
+    let s = &partial.data["status"];
+    ensure!(s["phase"] == "PartiallyFailed" && s["errors"] == 5, "{s}");
+    // Finishing is one write: nothing of the run before it is redone.
+    let stats = velero.stats();
+    ensure!(stats.finished == 2 && stats.writes == 2, "{stats:?}");
     Ok(())
 }

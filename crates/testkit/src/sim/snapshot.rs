@@ -118,8 +118,9 @@ impl SnapshotSimulator {
         self.shared.stats()
     }
 
-    /// Stop, waiting until no job runs any more.
-    pub async fn stop(mut self) {
+    /// Stop, waiting until no job runs any more (dropping stops too, without waiting);
+    /// [`stats`](Self::stats) stays readable.
+    pub async fn stop(&mut self) {
         self.drivers.shutdown().await;
     }
 }

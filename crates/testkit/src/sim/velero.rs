@@ -256,8 +256,9 @@ impl VeleroSimulator {
         Ok(marked)
     }
 
-    /// Stop, waiting until no job runs any more.
-    pub async fn stop(mut self) {
+    /// Stop, waiting until no job runs any more (dropping stops too, without waiting);
+    /// [`stats`](Self::stats) stays readable.
+    pub async fn stop(&mut self) {
         self.drivers.shutdown().await;
     }
 }
@@ -407,7 +408,10 @@ fn end(job: &Job, kind: Kind, sizes: Sizes, outcome: Outcome) -> Value {
         }),
         Outcome::PartiallyFailed => json!({
             "phase": "PartiallyFailed",
-            "errors": sizes.partial_errors,
+            // What an earlier run counted, when finishing one left finalizing.
+            "errors": job.obj.data["status"]["errors"]
+                .as_i64()
+                .unwrap_or(sizes.partial_errors),
             "progress": progress(kind, sizes, sizes.total_items),
         }),
         Outcome::Failed | Outcome::Error => json!({

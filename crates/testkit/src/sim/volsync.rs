@@ -124,8 +124,9 @@ impl VolSyncSimulator {
         self.shared.stats()
     }
 
-    /// Stop, waiting until no sync runs any more.
-    pub async fn stop(mut self) {
+    /// Stop, waiting until no sync runs any more (dropping stops too, without waiting);
+    /// [`stats`](Self::stats) stays readable.
+    pub async fn stop(&mut self) {
         self.drivers.shutdown().await;
     }
 }
