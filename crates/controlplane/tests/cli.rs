@@ -18,14 +18,13 @@ use vworkspace_api::agent_api::{EventsAccepted, JobDocument, JobList};
 const BIN: &str = env!("CARGO_BIN_EXE_vworkspace-controlplane");
 
 fn cli(db: &Path, args: &[&str]) -> Output {
-    let out = Command::new(BIN)
+    Command::new(BIN)
         .args(args)
         .arg("--db")
         .arg(db)
         .env_remove("VWORKSPACE_CONTROLPLANE_ADMIN_TOKEN")
         .output()
-        .unwrap();
-    out
+        .unwrap()
 }
 
 fn ok(db: &Path, args: &[&str]) -> String {
