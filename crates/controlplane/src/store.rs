@@ -409,6 +409,13 @@ impl Store {
         Ok((accepted, events.len() as u64 - accepted))
     }
 
+    /// How many events are stored (of every org).
+    pub fn event_count(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT COUNT(*) FROM events", [], |row| row.get(0))?)
+    }
+
     /// Enqueues a job for `cluster` with `document` stored verbatim. Without `id` the
     /// job gets `job-<n>`, `n` counting every job this database has enqueued.
     pub fn enqueue_job(
