@@ -364,7 +364,9 @@ impl Store {
                 org_id: row.get(1)?,
                 last_heartbeat_at: row.get(2)?,
                 operator_version: row.get(3)?,
-                pending_events: row.get(4)?,
+                pending_events: row
+                    .get::<_, Option<i64>>(4)?
+                    .map(|n| u64::try_from(n).unwrap_or(0)),
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -413,7 +415,10 @@ impl Store {
     pub fn event_count(&self) -> Result<u64, StoreError> {
         Ok(self
             .conn
-            .query_row("SELECT COUNT(*) FROM events", [], |row| row.get(0))?)
+            .query_row("SELECT COUNT(*) FROM events", [], |row| {
+                row.get::<_, i64>(0)
+            })
+            .map(|n| u64::try_from(n).unwrap_or(0))?)
     }
 
     /// Enqueues a job for `cluster` with `document` stored verbatim. Without `id` the
@@ -565,7 +570,8 @@ impl Store {
             params![
                 now_millis(),
                 heartbeat.operator_version,
-                heartbeat.pending_events,
+                // SQLite integers are signed; a count beyond i64 is not a real buffer.
+                i64::try_from(heartbeat.pending_events).unwrap_or(i64::MAX),
                 cluster
             ],
         )?;
