@@ -93,11 +93,15 @@ async fn admin_cli_and_server_flow() {
         );
     }
 
+    // The server's log, at its most verbose, must never show the token.
+    let log_path = dir.path().join("serve.log");
+    let log = std::fs::File::create(&log_path).unwrap();
     let mut child = Command::new(BIN)
         .args(["serve", "--listen", "127.0.0.1:0", "--db"])
         .arg(&db)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::from(log))
+        .env("RUST_LOG", "trace")
         .env_remove("VWORKSPACE_CONTROLPLANE_ADMIN_TOKEN")
         .spawn()
         .unwrap();
@@ -350,4 +354,10 @@ async fn admin_cli_and_server_flow() {
     })
     .await;
     assert!(status.success(), "{status:?}");
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        log.contains("control plane listening"),
+        "the log was captured: {log}"
+    );
+    assert!(!log.contains(&token), "the token is in the server's log");
 }
