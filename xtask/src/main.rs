@@ -202,6 +202,7 @@ async fn test(extra: &[&str]) -> Result<ExitCode> {
     eprintln!("xtask test: cargo deny clean ({:.0?})", t0.elapsed());
 
     ensure_promtool().await?;
+    ensure_chromium().await?;
 
     // Compile before the cluster starts: on two cores the two would slow each other.
     let mut build = tokio::process::Command::new(env!("CARGO"));
@@ -386,6 +387,41 @@ async fn ensure_promtool() -> Result<()> {
     }
     if !which("promtool") {
         bail!("the prometheus package did not provide promtool");
+    }
+    Ok(())
+}
+
+/// The control plane's timeline-page test loads the page in headless Chromium
+/// (crates/controlplane/tests/timeline_page.rs). Debian's package is installed when
+/// neither `$CHROMIUM` nor `chromium` on PATH is there.
+async fn ensure_chromium() -> Result<()> {
+    if std::env::var_os("CHROMIUM").is_some_and(|p| Path::new(&p).is_file()) || which("chromium") {
+        return Ok(());
+    }
+    let uid = std::process::Command::new("id").arg("-u").output()?;
+    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+        bail!("chromium is missing: install Debian's `chromium` package or set CHROMIUM");
+    }
+    for args in [
+        &["update", "-q"][..],
+        &["install", "-y", "-q", "chromium"][..],
+    ] {
+        eprintln!(
+            "xtask test: chromium is missing; running apt-get {}",
+            args.join(" ")
+        );
+        let status = tokio::process::Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .await
+            .context("running apt-get")?;
+        if !status.success() {
+            bail!("apt-get {} failed with {status}", args.join(" "));
+        }
+    }
+    if !which("chromium") {
+        bail!("the chromium package did not provide `chromium`");
     }
     Ok(())
 }
