@@ -34,6 +34,7 @@
 //!   `vworkspace_operator_applied_jobs_total` counts each applied job once per process.
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -44,7 +45,7 @@ use kube::{Client, ResourceExt};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
-use vworkspace_api::agent_api::{Job, JobDocument, JobState, JobStatusReport};
+use vworkspace_api::agent_api::{Ack, Job, JobDocument, JobList, JobState, JobStatusReport};
 use vworkspace_api::audit::{AuditSource, TransitionKey, event_id};
 use vworkspace_api::labels::{
     ALLOWED_OPERATION_TEMPLATES, FIELD_MANAGER_AGENT, JOB_ID, MANAGED_BY, MANAGED_BY_VALUE, ORG_ID,
@@ -936,10 +937,62 @@ impl Default for JobLoopConfig {
     }
 }
 
+/// Where jobs come from and where their outcomes go: the HTTP agent API in Pull mode.
+pub trait JobSource: Send + Sync {
+    /// Long-polls for jobs not yet acknowledged, oldest first.
+    fn fetch(
+        &self,
+        wait: Duration,
+        limit: u32,
+    ) -> impl Future<Output = Result<JobList, LinkError>> + Send;
+    /// Reports a job's outcome.
+    fn report(
+        &self,
+        id: &str,
+        report: &JobStatusReport,
+    ) -> impl Future<Output = Result<Ack, LinkError>> + Send;
+}
+
+impl<S: JobSource + ?Sized> JobSource for Arc<S> {
+    fn fetch(
+        &self,
+        wait: Duration,
+        limit: u32,
+    ) -> impl Future<Output = Result<JobList, LinkError>> + Send {
+        (**self).fetch(wait, limit)
+    }
+
+    fn report(
+        &self,
+        id: &str,
+        report: &JobStatusReport,
+    ) -> impl Future<Output = Result<Ack, LinkError>> + Send {
+        (**self).report(id, report)
+    }
+}
+
+impl JobSource for HttpClient {
+    fn fetch(
+        &self,
+        wait: Duration,
+        limit: u32,
+    ) -> impl Future<Output = Result<JobList, LinkError>> + Send {
+        self.fetch_jobs(wait, limit)
+    }
+
+    fn report(
+        &self,
+        id: &str,
+        report: &JobStatusReport,
+    ) -> impl Future<Output = Result<Ack, LinkError>> + Send {
+        self.report_job(id, report)
+    }
+}
+
 /// The Pull-mode job loop: long-poll, apply each job in order, report, repeat, until
 /// `stop` turns true.
-pub async fn run_job_loop(
-    client: HttpClient,
+pub async fn run_job_loop<S: JobSource>(
+    client: S,
     applier: JobApplier,
     observer: Arc<dyn JobObserver>,
     metrics: Option<AgentMetrics>,
@@ -952,7 +1005,7 @@ pub async fn run_job_loop(
             return;
         }
         let fetched = tokio::select! {
-            r = client.fetch_jobs(config.wait, config.limit) => r,
+            r = client.fetch(config.wait, config.limit) => r,
             _ = stop.changed() => return,
         };
         let jobs = match fetched {
@@ -1025,7 +1078,7 @@ pub async fn run_job_loop(
             }
             let mut attempt = 0u32;
             loop {
-                match client.report_job(&job.id, &report).await {
+                match client.report(&job.id, &report).await {
                     Ok(_) => break,
                     Err(error)
                         if attempt + 1 >= config.report_attempts || !error.is_transient() =>

@@ -6,15 +6,23 @@
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
+use std::time::Duration;
+
 use anyhow::{Context, Result, bail, ensure};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
-use vworkspace_agent::jobs::{JOB_DIGEST, JobApplier, JobOutcome, document_digest};
-use vworkspace_api::agent_api::{Job, JobState};
+use vworkspace_agent::client::LinkError;
+use vworkspace_agent::jobs::{
+    JOB_DIGEST, JobApplier, JobLoopConfig, JobObserver, JobOutcome, JobSource, document_digest,
+    run_job_loop,
+};
+use vworkspace_agent::shipper::Backoff;
+use vworkspace_api::agent_api::{Ack, Job, JobList, JobState, JobStatusReport};
 use vworkspace_api::labels::{ALLOWED_OPERATION_TEMPLATES, JOB_ID, MANAGED_BY, ORG_ID};
 use vworkspace_api::{ApplicationInstance, Operation};
+use vworkspace_telemetry::metrics::AgentMetrics;
 use vworkspace_testkit::env::{TestEnv, unique_suffix};
 use vworkspace_testkit::fixtures::{apply_crds, operator_crd_files};
 
@@ -385,5 +393,150 @@ async fn rejections_name_their_reason_and_write_nothing() -> Result<()> {
     let take = job("r10", instance_doc(&ns, "manual", "2.0.0"));
     expect_rejected(&apply(&applier, &take).await?, "Conflict")?;
     assert_eq!(api.get("manual").await?.spec.chart.version, "1.0.0");
+    Ok(())
+}
+
+/// A scripted job source: hands out the listed batches in turn (then long-polls empty), and
+/// fails the first `report_failures` reports of job `flaky` with a 503.
+#[derive(Default)]
+struct ScriptedSource {
+    batches: std::sync::Mutex<std::collections::VecDeque<Vec<Job>>>,
+    reports: std::sync::Mutex<Vec<(String, JobState, String, bool)>>,
+    flaky: String,
+    report_failures: std::sync::atomic::AtomicU32,
+    drained: tokio::sync::Notify,
+}
+
+impl JobSource for ScriptedSource {
+    async fn fetch(&self, wait: Duration, _limit: u32) -> Result<JobList, LinkError> {
+        let next = self.batches.lock().unwrap().pop_front();
+        match next {
+            Some(jobs) => Ok(JobList { jobs }),
+            None => {
+                self.drained.notify_one();
+                tokio::time::sleep(wait).await;
+                Ok(JobList { jobs: vec![] })
+            }
+        }
+    }
+
+    async fn report(&self, id: &str, report: &JobStatusReport) -> Result<Ack, LinkError> {
+        use std::sync::atomic::Ordering;
+        let fail = id == self.flaky
+            && self
+                .report_failures
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+        self.reports.lock().unwrap().push((
+            id.to_owned(),
+            report.state,
+            report.message.clone(),
+            !fail,
+        ));
+        if fail {
+            Err(LinkError::Server(503))
+        } else {
+            Ok(Ack {})
+        }
+    }
+}
+
+#[derive(Default)]
+struct Recorded {
+    applied: std::sync::Mutex<Vec<String>>,
+    rejected: std::sync::Mutex<Vec<(String, String)>>,
+}
+
+impl JobObserver for Recorded {
+    fn applied(&self, job: &Job, _document: &vworkspace_api::agent_api::JobDocument) {
+        self.applied.lock().unwrap().push(job.id.clone());
+    }
+    fn rejected(&self, job: &Job, reason: &str, _message: &str) {
+        self.rejected
+            .lock()
+            .unwrap()
+            .push((job.id.clone(), reason.to_owned()));
+    }
+}
+
+#[tokio::test]
+async fn the_loop_applies_in_order_reports_retries_and_never_acts_twice() -> Result<()> {
+    let (env, ns) = setup("agent-loop").await?;
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = AgentMetrics::register(&mut registry);
+    let apply_job = job("loop-1", instance_doc(&ns, "looped", "1.0.0"));
+    let wrong = job(
+        "loop-2",
+        json!({ "type": "UnmanageNamespace", "cluster_id": "elsewhere", "namespace": ns }),
+    );
+    let source = std::sync::Arc::new(ScriptedSource {
+        // The second batch is the control plane redelivering loop-2, whose report failed.
+        batches: std::sync::Mutex::new(
+            vec![vec![apply_job.clone(), wrong.clone()], vec![wrong.clone()]].into(),
+        ),
+        flaky: "loop-2".into(),
+        report_failures: std::sync::atomic::AtomicU32::new(2),
+        ..Default::default()
+    });
+    let observer = std::sync::Arc::new(Recorded::default());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let config = JobLoopConfig {
+        wait: Duration::from_millis(200),
+        limit: 10,
+        backoff: Backoff {
+            min: Duration::from_millis(10),
+            max: Duration::from_millis(20),
+        },
+        report_attempts: 2,
+    };
+    let task = tokio::spawn(run_job_loop(
+        source.clone(),
+        JobApplier::new(env.client.clone(), CLUSTER),
+        observer.clone(),
+        Some(metrics),
+        config,
+        stop_rx,
+    ));
+    tokio::time::timeout(Duration::from_secs(30), source.drained.notified())
+        .await
+        .context("the loop did not drain the script")?;
+    stop_tx.send(true)?;
+    task.await?;
+
+    let api: Api<ApplicationInstance> = Api::namespaced(env.client.clone(), &ns);
+    ensure!(
+        api.get_opt("looped").await?.is_some(),
+        "loop-1 was not applied"
+    );
+    assert_eq!(*observer.applied.lock().unwrap(), ["loop-1"]);
+    assert_eq!(
+        *observer.rejected.lock().unwrap(),
+        [("loop-2".to_owned(), "WrongCluster".to_owned())],
+        "a redelivered job is reported again, not observed (audited) again"
+    );
+    let reports = source.reports.lock().unwrap().clone();
+    let summary: Vec<(&str, JobState, bool)> = reports
+        .iter()
+        .map(|(id, state, _, ok)| (id.as_str(), *state, *ok))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("loop-1", JobState::Applied, true),
+            ("loop-2", JobState::Rejected, false),
+            ("loop-2", JobState::Rejected, false),
+            ("loop-2", JobState::Rejected, true),
+        ]
+    );
+    assert!(reports[1].2.starts_with("WrongCluster"), "{}", reports[1].2);
+    let text = vworkspace_telemetry::metrics::encode(&registry);
+    assert!(
+        text.contains("vworkspace_operator_applied_jobs_total 1\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("vworkspace_operator_pull_job_lag_seconds 0.0\n"),
+        "{text}"
+    );
     Ok(())
 }
