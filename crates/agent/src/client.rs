@@ -300,6 +300,9 @@ impl HttpClient {
         let mut builder = reqwest::Client::builder()
             .timeout(config.timeout)
             .connect_timeout(config.timeout)
+            // A redirect would carry the bearer token wherever it points; the agent API
+            // never redirects, so a 3xx is an error (`Server`), not something to follow.
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("vworkspace-agent/", env!("CARGO_PKG_VERSION")));
         if let Some(pem) = &config.ca_bundle_pem {
             let certs = reqwest::Certificate::from_pem_bundle(pem.as_bytes())

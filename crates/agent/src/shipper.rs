@@ -541,7 +541,12 @@ impl<T: AuditTransport> Worker<T> {
                 ready = false;
                 continue;
             };
-            let result = self.transport.send(&events).await;
+            // Stopping abandons an attempt under way: the events stay buffered and go
+            // again later (the receiver deduplicates by event_id if this one landed).
+            let result = tokio::select! {
+                r = self.transport.send(&events) => r,
+                _ = self.stop.changed() => return,
+            };
             let delay = match result {
                 Ok(accepted) => {
                     attempt = 0;

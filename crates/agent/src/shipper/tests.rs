@@ -25,6 +25,8 @@ struct Recorder {
     script: Arc<Mutex<VecDeque<LinkError>>>,
     /// Any batch holding this event id is refused with 400.
     poison: Option<String>,
+    /// Every attempt hangs (a control plane that accepts connections and never answers).
+    hang: bool,
 }
 
 impl Recorder {
@@ -59,6 +61,9 @@ impl AuditTransport for Recorder {
             .lock()
             .unwrap()
             .push((Instant::now(), ids.clone()));
+        if self.hang {
+            std::future::pending::<()>().await;
+        }
         if self.poison.as_ref().is_some_and(|bad| ids.contains(bad)) {
             return Err(bad_request());
         }
@@ -398,4 +403,20 @@ async fn close_delivers_within_the_bound_and_reports_what_is_left() {
         failing.batches().len() >= 2,
         "it kept trying within the bound"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn close_is_bounded_even_when_an_attempt_hangs() {
+    let transport = Recorder {
+        hang: true,
+        ..Default::default()
+    };
+    let shipper = Shipper::new(transport.clone(), config(100, 1), None);
+    shipper.start();
+    shipper.submit(event("e0", 0));
+    let t0 = Instant::now();
+    assert_eq!(shipper.close().await, 1);
+    assert_eq!(Instant::now() - t0, Duration::from_secs(5));
+    assert_eq!(transport.batches(), vec![ids(0..1)]);
+    assert_eq!(shipper.status().pending, 1, "kept for the next leader term");
 }
