@@ -33,7 +33,7 @@
 //!   applied job (`None` once every fetched job has an outcome), and
 //!   `vworkspace_operator_applied_jobs_total` counts each applied job once per process.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -391,20 +391,48 @@ impl JobOutcome {
 #[error("transient Kubernetes API failure: {0}")]
 pub struct Transient(String);
 
+/// Job ids remembered per process; the oldest are forgotten beyond this (the digest
+/// annotation on the objects still catches a reused id after that).
+pub const REMEMBERED_JOBS: usize = 4096;
+
 /// Applies jobs to the cluster through a `kube::Client`; remembers, for this process, the
-/// digest and outcome of every job id it has seen.
+/// digest and outcome of the last [`REMEMBERED_JOBS`] job ids it has seen.
 #[derive(Clone)]
 pub struct JobApplier {
     client: Client,
     cluster_id: String,
     max_document_bytes: usize,
-    seen: Arc<Mutex<HashMap<String, Seen>>>,
+    seen: Arc<Mutex<Memory>>,
 }
 
 #[derive(Debug, Clone)]
 struct Seen {
     digest: String,
     outcome: Option<JobOutcome>,
+}
+
+/// A bounded id → [`Seen`] map that forgets the oldest ids first.
+#[derive(Debug, Default)]
+struct Memory {
+    map: HashMap<String, Seen>,
+    order: VecDeque<String>,
+}
+
+impl Memory {
+    fn get(&self, id: &str) -> Option<&Seen> {
+        self.map.get(id)
+    }
+
+    fn insert(&mut self, id: String, seen: Seen) {
+        if self.map.insert(id.clone(), seen).is_none() {
+            self.order.push_back(id);
+            while self.order.len() > REMEMBERED_JOBS {
+                if let Some(old) = self.order.pop_front() {
+                    self.map.remove(&old);
+                }
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for JobApplier {

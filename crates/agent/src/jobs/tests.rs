@@ -174,3 +174,21 @@ fn dns_names() {
     assert!(dns1123_subdomain("a..b").is_err());
     assert!(dns1123_subdomain(&"a".repeat(254)).is_err());
 }
+
+#[test]
+fn the_job_memory_is_bounded_and_forgets_the_oldest() {
+    let mut memory = Memory::default();
+    let seen = || Seen {
+        digest: "d".into(),
+        outcome: None,
+    };
+    for i in 0..REMEMBERED_JOBS + 10 {
+        memory.insert(format!("job-{i}"), seen());
+    }
+    // Re-inserting a known id does not grow the order.
+    memory.insert(format!("job-{}", REMEMBERED_JOBS + 9), seen());
+    assert_eq!(memory.map.len(), REMEMBERED_JOBS);
+    assert_eq!(memory.order.len(), REMEMBERED_JOBS);
+    assert!(memory.get("job-9").is_none());
+    assert!(memory.get("job-10").is_some());
+}
