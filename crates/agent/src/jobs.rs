@@ -1061,7 +1061,7 @@ pub async fn run_job_loop<S: JobSource>(
         if let Some(m) = &metrics {
             m.set_oldest_pending_job(Some(fetched_at));
         }
-        for job in &jobs {
+        for (index, job) in jobs.iter().enumerate() {
             let (outcome, fresh) = match applier.known_outcome(job) {
                 Some(outcome) => (outcome, false),
                 None => {
@@ -1080,6 +1080,13 @@ pub async fn run_job_loop<S: JobSource>(
                     }
                 }
             };
+            if index + 1 == jobs.len() {
+                // Every fetched job has an outcome: nothing is waiting to be applied, even
+                // while the last report is still being retried.
+                if let Some(m) = &metrics {
+                    m.set_oldest_pending_job(None);
+                }
+            }
             let report = outcome.report();
             if fresh {
                 match &outcome {
@@ -1128,9 +1135,6 @@ pub async fn run_job_loop<S: JobSource>(
                     }
                 }
             }
-        }
-        if let Some(m) = &metrics {
-            m.set_oldest_pending_job(None);
         }
     }
 }
