@@ -1,14 +1,17 @@
 //! The control-plane agent's spec metrics: `vworkspace_operator_pull_job_lag_seconds`,
 //! `vworkspace_operator_connectivity_state{mode}`, `vworkspace_operator_applied_jobs_total`,
 //! `vworkspace_operator_event_buffer_occupancy` and
-//! `vworkspace_operator_credential_age_seconds`.
+//! `vworkspace_operator_credential_age_seconds`, and one metric beyond the spec,
+//! `vworkspace_operator_event_buffer_dropped_total`.
 //!
 //! Invariants: the five families are registered exactly once per
 //! [`AgentMetrics::register`] call; the applied-jobs counter, the buffer occupancy and the
 //! pull lag exist (at 0) from registration on; at most one `mode` series of the
 //! connectivity gauge exists at a time; the two age gauges are computed at scrape time
 //! from a stored timestamp, so a stuck job or a stale credential keeps growing on the
-//! dashboard even when nobody updates the metric.
+//! dashboard even when nobody updates the metric. The dropped-events counter is not a
+//! spec family, so [`AgentMetrics::register`] leaves it out (the spec set stays exactly the
+//! spec's); [`AgentMetrics::register_beyond_spec`] adds it, at 0, to a registry.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -39,6 +42,7 @@ pub struct AgentMetrics {
     applied_jobs_total: Counter,
     event_buffer_occupancy: Gauge,
     credential_age: AgeGauge,
+    event_buffer_dropped_total: Counter,
 }
 
 impl AgentMetrics {
@@ -58,6 +62,7 @@ impl AgentMetrics {
             applied_jobs_total: Counter::default(),
             event_buffer_occupancy: Gauge::default(),
             credential_age: AgeGauge::new(None),
+            event_buffer_dropped_total: Counter::default(),
         };
         registry.register(
             "vworkspace_operator_pull_job_lag_seconds",
@@ -91,6 +96,23 @@ impl AgentMetrics {
     /// is pending). The exposed lag is `now - fetched_at`, computed at each scrape.
     pub fn set_oldest_pending_job(&self, fetched_at: Option<SystemTime>) {
         self.pull_job_lag.set_since(fetched_at);
+    }
+
+    /// Registers the agent's metrics that the spec does not list:
+    /// `vworkspace_operator_event_buffer_dropped_total` (audit events dropped because the
+    /// outbound buffer was full). Call once, next to the spec registration; until then
+    /// [`AgentMetrics::add_event_buffer_dropped`] counts into a series nobody scrapes.
+    pub fn register_beyond_spec(&self, registry: &mut Registry) {
+        registry.register(
+            "vworkspace_operator_event_buffer_dropped",
+            "Audit events dropped from the outbound buffer (oldest first) because it was full",
+            self.event_buffer_dropped_total.clone(),
+        );
+    }
+
+    /// Counts `n` audit events dropped from the outbound buffer.
+    pub fn add_event_buffer_dropped(&self, n: u64) {
+        self.event_buffer_dropped_total.inc_by(n);
     }
 
     /// Sets the connectivity gauge of the cluster's mode and removes the series of
@@ -209,5 +231,24 @@ mod tests {
         assert!(hidden.is_empty());
         hidden.set_since(Some(now));
         assert!(!hidden.is_empty());
+    }
+
+    #[test]
+    fn dropped_events_counter_is_registered_beyond_the_spec_set() {
+        let mut registry = Registry::default();
+        let metrics = AgentMetrics::register(&mut registry);
+        assert!(!crate::metrics::encode(&registry).contains("event_buffer_dropped"));
+        metrics.register_beyond_spec(&mut registry);
+        let text = crate::metrics::encode(&registry);
+        assert!(
+            text.contains("vworkspace_operator_event_buffer_dropped_total 0"),
+            "{text}"
+        );
+        metrics.add_event_buffer_dropped(3);
+        let text = crate::metrics::encode(&registry);
+        assert!(
+            text.contains("vworkspace_operator_event_buffer_dropped_total 3"),
+            "{text}"
+        );
     }
 }
