@@ -897,8 +897,9 @@ impl JobApplier {
 pub trait JobObserver: Send + Sync {
     /// The job was applied.
     fn applied(&self, job: &Job, document: &JobDocument);
-    /// The job was rejected; `reason` is [`Rejection::category`], `message` the report's.
-    fn rejected(&self, job: &Job, reason: &str, message: &str);
+    /// The job was rejected; `document` is set when it parsed (its namespace belongs in
+    /// the audit event, see [`rejection_event`]).
+    fn rejected(&self, job: &Job, document: Option<&JobDocument>, rejection: &Rejection);
 }
 
 /// The audit event of a rejected job: `kind` `JobRejected`, `reason` the category, an
@@ -1107,7 +1108,7 @@ pub async fn run_job_loop<S: JobSource>(
                             namespace = document.as_ref().map(|d| d.namespace()),
                             "job rejected: {rejection}"
                         );
-                        observer.rejected(job, rejection.category(), &report.message);
+                        observer.rejected(job, document.as_ref(), rejection);
                     }
                 }
             }

@@ -197,7 +197,7 @@ type Running = (JoinHandle<()>, watch::Sender<bool>);
 
 #[derive(Debug)]
 struct Shared {
-    config: ShipperConfig,
+    config: Mutex<ShipperConfig>,
     state: Mutex<State>,
     wake: Notify,
     status: watch::Sender<ShipperStatus>,
@@ -274,7 +274,7 @@ impl<T: AuditTransport> Shipper<T> {
         let (status, _) = watch::channel(ShipperStatus::default());
         Shipper {
             shared: Arc::new(Shared {
-                config,
+                config: Mutex::new(config),
                 state: Mutex::new(State::default()),
                 wake: Notify::new(),
                 status,
@@ -293,7 +293,7 @@ impl<T: AuditTransport> Shipper<T> {
             state.next_seq += 1;
             state.queue.push_back((seq, event));
             let mut dropped = Vec::new();
-            while state.queue.len() > self.shared.config.capacity {
+            while state.queue.len() > self.shared.config().capacity {
                 if let Some((_, old)) = state.queue.pop_front() {
                     dropped.push(old.event_id.clone());
                     state.dropped_floor = Some(match state.dropped_floor.take() {
@@ -306,7 +306,7 @@ impl<T: AuditTransport> Shipper<T> {
                 state.dropped_total += dropped.len() as u64;
                 state.overflowed = true;
             }
-            let wake = state.queue.len() >= self.shared.config.max_batch;
+            let wake = state.queue.len() >= self.shared.config().max_batch;
             self.shared.publish(&state);
             (dropped, wake)
         };
@@ -316,7 +316,7 @@ impl<T: AuditTransport> Shipper<T> {
             }
             tracing::warn!(
                 dropped = dropped.len(),
-                capacity = self.shared.config.capacity,
+                capacity = self.shared.config().capacity,
                 oldest_event_id = %dropped[0],
                 "audit-event buffer full: dropped the oldest events; they are replayed from CR status"
             );
@@ -324,6 +324,27 @@ impl<T: AuditTransport> Shipper<T> {
         if wake {
             self.shared.wake.notify_one();
         }
+    }
+
+    /// Replaces the settings: the capacity applies from the next submit, the batch size,
+    /// flush interval and backoff from the next [`start`](Self::start). A smaller
+    /// capacity drops nothing at once; the next submit trims the buffer (oldest first,
+    /// counted as overflow).
+    pub fn reconfigure(&self, config: ShipperConfig) {
+        let config = ShipperConfig {
+            capacity: config.capacity.max(1),
+            max_batch: config.max_batch.max(1),
+            ..config
+        };
+        match self.shared.config.lock() {
+            Ok(mut guard) => *guard = config,
+            Err(poisoned) => *poisoned.into_inner() = config,
+        }
+    }
+
+    /// The transport the batches go through.
+    pub fn transport(&self) -> &T {
+        &self.transport
     }
 
     /// The current status.
@@ -430,7 +451,7 @@ impl<T: AuditTransport> Shipper<T> {
     /// Clean shutdown: delivers what it can within `shutdown_bound`, then stops. Returns
     /// how many events were left undelivered.
     pub async fn close(&self) -> usize {
-        let bound = self.shared.config.shutdown_bound;
+        let bound = self.shared.config().shutdown_bound;
         let deadline = tokio::time::Instant::now() + bound;
         loop {
             match tokio::time::timeout_at(deadline, self.flush()).await {
@@ -463,6 +484,13 @@ impl<T: AuditTransport> Shipper<T> {
 }
 
 impl Shared {
+    fn config(&self) -> ShipperConfig {
+        match self.config.lock() {
+            Ok(guard) => *guard,
+            Err(poisoned) => *poisoned.into_inner(),
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         match self.state.lock() {
             Ok(guard) => guard,
@@ -499,7 +527,7 @@ enum Wait {
 
 impl<T: AuditTransport> Worker<T> {
     async fn run(mut self) {
-        let config = self.shared.config;
+        let config = self.shared.config();
         let mut ticker = tokio::time::interval(config.flush_interval.max(Duration::from_millis(1)));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut batch_limit = config.max_batch;

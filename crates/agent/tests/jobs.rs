@@ -451,11 +451,16 @@ impl JobObserver for Recorded {
     fn applied(&self, job: &Job, _document: &vworkspace_api::agent_api::JobDocument) {
         self.applied.lock().unwrap().push(job.id.clone());
     }
-    fn rejected(&self, job: &Job, reason: &str, _message: &str) {
+    fn rejected(
+        &self,
+        job: &Job,
+        _document: Option<&vworkspace_api::agent_api::JobDocument>,
+        rejection: &vworkspace_agent::jobs::Rejection,
+    ) {
         self.rejected
             .lock()
             .unwrap()
-            .push((job.id.clone(), reason.to_owned()));
+            .push((job.id.clone(), rejection.category().to_owned()));
     }
 }
 

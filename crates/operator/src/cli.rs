@@ -67,6 +67,8 @@ pub struct Options {
     /// `--cluster-resync`: the longest time between two reports on the Cluster (ages in
     /// messages, CRD schemas, the Flux version), 30s.
     pub cluster_resync: vworkspace_api::GoDuration,
+    /// `--job-poll-wait`: how long one long-poll for jobs waits on the control plane, 30s.
+    pub job_poll_wait: vworkspace_api::GoDuration,
 }
 
 impl Default for Options {
@@ -100,6 +102,7 @@ impl Default for Options {
             watch_namespace: env("WATCH_NAMESPACE"),
             graceful_shutdown_timeout: vworkspace_api::GoDuration::from_secs(30),
             cluster_resync: vworkspace_api::GoDuration::from_secs(30),
+            job_poll_wait: vworkspace_api::GoDuration::from_secs(30),
         }
     }
 }
@@ -123,7 +126,8 @@ flags of run (defaults in brackets):
   --identity NAME                   this replica's Lease identity [$POD_NAME or host-pid]
   --watch-namespace NS              reconcile only namespace NS [$WATCH_NAMESPACE or all]
   --graceful-shutdown-timeout DUR   on SIGTERM, let running reconciles finish this long [30s]
-  --cluster-resync DUR              report on the Cluster at least this often [30s]";
+  --cluster-resync DUR              report on the Cluster at least this often [30s]
+  --job-poll-wait DUR               Pull mode: how long one long-poll for jobs waits [30s]";
 
 /// Parse the arguments after the program name.
 pub fn parse(args: &[String]) -> Result<Command, String> {
@@ -184,6 +188,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
                 o.graceful_shutdown_timeout = typed(flag, inline, &mut args)?;
             }
             "--cluster-resync" => o.cluster_resync = typed(flag, inline, &mut args)?,
+            "--job-poll-wait" => o.job_poll_wait = typed(flag, inline, &mut args)?,
             "--watch-namespace" => {
                 o.watch_namespace = Some(value(flag, inline, &mut args)?).filter(|n| !n.is_empty());
             }

@@ -24,6 +24,7 @@
 //!   ([`crate::replay::events_since`]), so the control plane deduplicates them by
 //!   `event_id`.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -31,15 +32,19 @@ use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
+use kube::Client;
 use kube::api::Api;
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::Client;
 use tokio::sync::watch;
 use vworkspace_agent::client::{HttpClient, HttpConfig, LinkError, Token};
-use vworkspace_agent::connectivity::{ConnectivityHandle, ConnectivitySnapshot, LinkState as AgentState};
-use vworkspace_agent::jobs::{JobApplier, JobLoopConfig, JobObserver, rejection_event, run_job_loop};
+use vworkspace_agent::connectivity::{
+    ConnectivityHandle, ConnectivitySnapshot, LinkState as AgentState,
+};
+use vworkspace_agent::jobs::{
+    JobApplier, JobLoopConfig, JobObserver, Rejection, rejection_event, run_job_loop,
+};
 use vworkspace_agent::link::{Link, LinkConfig};
-use vworkspace_agent::shipper::{AuditTransport, Shipper, ShipperConfig, ShipperStatus};
+use vworkspace_agent::shipper::{AuditTransport, Shipper, ShipperConfig};
 use vworkspace_api::agent_api::{EventsAccepted, Job, JobDocument};
 use vworkspace_api::application_instance::ApplicationInstance;
 use vworkspace_api::cluster::{AuditStreamSpec, Cluster, ControlPlane, Mode};
@@ -62,7 +67,10 @@ impl Transport {
     }
 
     fn current(&self) -> Option<HttpClient> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 }
 
@@ -79,24 +87,65 @@ impl AuditTransport for Transport {
     }
 }
 
-/// The publisher's audit sink in Pull mode: the shipper's buffer.
+/// The publisher's audit sink for the control plane: the shipper's buffer. It keeps
+/// events from start-up until the Cluster is known; once the Cluster says there is no
+/// Pull-mode link, it stops keeping them (nothing would ever ship them).
 #[derive(Debug, Clone)]
-pub struct ShipperSink(pub Shipper<Transport>);
+pub struct ShipperSink {
+    shipper: Shipper<Transport>,
+    enabled: Arc<AtomicBool>,
+}
+
+impl ShipperSink {
+    /// A sink feeding `shipper`, keeping events until told otherwise.
+    pub fn new(shipper: Shipper<Transport>) -> Self {
+        Self {
+            shipper,
+            enabled: Arc::new(AtomicBool::new(true)),
+        }
+    }
+
+    fn set_enabled(&self, enabled: bool) {
+        if self.enabled.swap(enabled, Ordering::Relaxed) != enabled {
+            tracing::info!(
+                enabled,
+                "control-plane audit stream {}",
+                if enabled {
+                    "enabled"
+                } else {
+                    "disabled: the Cluster has no Pull-mode link"
+                }
+            );
+        }
+    }
+}
 
 impl AuditSink for ShipperSink {
     fn submit(&self, event: AuditEvent) {
-        self.0.submit(event);
+        if self.enabled.load(Ordering::Relaxed) {
+            self.shipper.submit(event);
+        }
     }
     fn flush(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
-            if let Err(err) = self.0.flush().await {
+            if self.shipper.status().running
+                && let Err(err) = self.shipper.flush().await
+            {
                 tracing::warn!(error = %err, "audit events not delivered at flush");
             }
         })
     }
     fn close(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
-            self.0.close().await;
+            if self.shipper.status().running {
+                let left = self.shipper.close().await;
+                if left > 0 {
+                    tracing::warn!(
+                        undelivered = left,
+                        "audit events left undelivered at shutdown; the next start replays them from status"
+                    );
+                }
+            }
         })
     }
 }
@@ -123,6 +172,8 @@ pub struct Supervisor {
     pub source: AuditSource,
     /// The audit stream.
     pub shipper: Shipper<Transport>,
+    /// The publisher's end of it.
+    pub sink: ShipperSink,
     /// The instances (for the replay).
     pub instances: Store<ApplicationInstance>,
     /// The Operations (for the replay), when the Operation controller runs.
@@ -137,8 +188,6 @@ pub struct Supervisor {
     pub audit_tx: watch::Sender<AuditView>,
     /// Settings of the job loop (tests shorten the long-poll).
     pub jobs: JobLoopConfig,
-    /// Observes job outcomes (publishes rejections as audit events).
-    pub observer: Arc<dyn JobObserver>,
 }
 
 /// How often the supervisor looks at the Cluster's settings.
@@ -180,15 +229,20 @@ impl Supervisor {
             };
             let Some(wanted) = settings(&cluster) else {
                 // Not Pull mode (or no control plane): no link in this version.
+                self.sink.set_enabled(false);
+                self.readiness.set_ok();
                 self.link_tx.send_replace(None);
                 if wait(&mut stop, SETTINGS_RECHECK).await {
                     break;
                 }
                 continue;
             };
+            self.sink.set_enabled(true);
             let token = match self.token(&cluster, &wanted.control_plane).await {
                 Ok(token) => token,
                 Err(why) => {
+                    tracing::error!("cannot read the control-plane credential: {why}");
+                    self.readiness.set_failing(why.clone());
                     self.link_tx.send_replace(Some(LinkView {
                         state: LinkState::Pending,
                         credential: Credential::Missing,
@@ -232,7 +286,7 @@ impl Supervisor {
                 }
             };
             tracing::info!(url = %wanted.control_plane.url, "starting the control-plane link");
-            self.shipper.transport_ref().set(Some(http.clone()));
+            self.shipper.transport().set(Some(http.clone()));
             self.shipper
                 .reconfigure(ShipperConfig::from_spec(&wanted.audit));
             self.shipper.start();
@@ -256,7 +310,10 @@ impl Supervisor {
             let jobs_task = tokio::spawn(run_job_loop(
                 http.clone(),
                 JobApplier::new(self.client.clone(), self.source.cluster_id.clone()),
-                Arc::clone(&self.observer),
+                Arc::new(AuditingObserver {
+                    source: self.source.clone(),
+                    shipper: self.shipper.clone(),
+                }),
                 Some(self.metrics.clone()),
                 self.jobs,
                 tasks_stop.clone(),
@@ -337,7 +394,12 @@ impl Supervisor {
         let secret = secrets
             .get_opt(&cp.credentials_secret_ref.name)
             .await
-            .map_err(|e| format!("reading Secret {namespace}/{}: {e}", cp.credentials_secret_ref.name))?
+            .map_err(|e| {
+                format!(
+                    "reading Secret {namespace}/{}: {e}",
+                    cp.credentials_secret_ref.name
+                )
+            })?
             .ok_or_else(|| {
                 format!(
                     "Secret {namespace}/{} (spec.controlPlane.credentialsSecretRef) does not exist",
@@ -386,6 +448,12 @@ impl Supervisor {
             self.shipper.submit(event);
         }
     }
+}
+
+/// Now, in whole seconds (the precision of every recorded time).
+fn now() -> Time {
+    let t = Timestamp::now();
+    Time(Timestamp::from_second(t.as_second()).unwrap_or(t))
 }
 
 fn earliest(a: Option<Time>, b: Option<Time>) -> Option<Time> {
@@ -448,8 +516,14 @@ impl JobObserver for AuditingObserver {
         );
     }
 
-    fn rejected(&self, job: &Job, reason: &str, message: &str) {
-        tracing::warn!(job_id = %job.id, reason, "job rejected: {message}");
-        let _ = (rejection_event, &self.source, &self.shipper);
+    fn rejected(&self, job: &Job, document: Option<&JobDocument>, rejection: &Rejection) {
+        // The loop logged the rejection; this is its record in the audit stream.
+        self.shipper.submit(rejection_event(
+            &self.source,
+            job,
+            document.map(JobDocument::namespace),
+            rejection,
+            now(),
+        ));
     }
 }

@@ -11,8 +11,8 @@ mod checks;
 mod cli;
 mod controllers;
 mod leader;
+mod link;
 mod publisher;
-#[allow(dead_code)] // wired into the pull-mode link next
 mod replay;
 
 use std::process::ExitCode;
@@ -119,7 +119,8 @@ async fn run(opts: Options) -> Result<ExitCode> {
         .collect::<Result<Vec<_>, ParseLabelError>>()
         .context("the operation catalog names a type or engine the metrics do not know")?;
     let _operation_metrics = OperationMetrics::register(&mut registry, operation_kinds);
-    let _agent_metrics = AgentMetrics::register(&mut registry);
+    let agent_metrics = AgentMetrics::register(&mut registry);
+    agent_metrics.register_beyond_spec(&mut registry);
     let cluster_metrics = ClusterMetrics::register(&mut registry);
     let runtime_metrics = RuntimeMetrics::register(&mut registry);
     let leader_metrics = LeaderElectionMetrics::register(&mut registry, &opts.leader_election_id);
@@ -147,6 +148,11 @@ async fn run(opts: Options) -> Result<ExitCode> {
             FileAuditSink::open(path).with_context(|| format!("opening {}", path.display()))?,
         ));
     }
+    // The control-plane audit stream: buffered from the start, shipped by the leader once
+    // the Cluster says Pull mode (link::Supervisor).
+    let shipper = link::new_shipper(&agent_metrics);
+    let shipper_sink = link::ShipperSink::new(shipper.clone());
+    sinks.push(Arc::new(shipper_sink.clone()));
     if sinks.is_empty() {
         sinks.push(Arc::new(DiscardAuditSink));
     }
@@ -239,12 +245,13 @@ async fn run(opts: Options) -> Result<ExitCode> {
 
     let readiness = Readiness::new();
     readiness.add(ai_controller.status());
+    let instance_store = ai_controller.store();
 
     // The Cluster controller: the one writer of Cluster status. It reports what the
     // other controllers, the namespaces, discovery and (in Pull mode) the link show.
     let cluster_key = ObjectRef::<Cluster>::new(&opts.cluster_id).within(&opts.namespace);
-    let (_link_tx, link_rx) = watch::channel(None);
-    let (_audit_tx, audit_rx) = watch::channel(AuditView::default());
+    let (link_tx, link_rx) = watch::channel(None);
+    let (audit_tx, audit_rx) = watch::channel(AuditView::default());
     let cluster_written = Arc::new(std::sync::Mutex::new(None));
     let cluster_controller = Controller::new(
         controllers::cluster::NAME,
@@ -253,6 +260,7 @@ async fn run(opts: Options) -> Result<ExitCode> {
     );
     readiness.add(cluster_controller.status());
     let clusters = cluster_controller.store();
+    let cluster_store = clusters.clone();
     let cluster_controller = cluster_controller
         .watches_shared(&namespaces, {
             let key = cluster_key.clone();
@@ -305,6 +313,13 @@ async fn run(opts: Options) -> Result<ExitCode> {
 
     let health = Health::new();
     checks::register(&health, client.clone(), readiness, leading_rx.clone());
+    // Only the leader runs the link; until it reports, and on a standby, the check passes.
+    let controlplane_check = vworkspace_telemetry::health::CheckHandle::new();
+    controlplane_check.set_ok();
+    health.add_readiness_handle(
+        vworkspace_agent::link::READINESS_CHECK,
+        controlplane_check.clone(),
+    );
     health.add_readiness_check("cluster", {
         let key = cluster_key.clone();
         let org_id = opts.org_id.clone();
@@ -381,6 +396,32 @@ async fn run(opts: Options) -> Result<ExitCode> {
             stop(abort_all.subscribe()),
         ),
     ));
+    let (link_stop_tx, link_stop) = watch::channel(false);
+    let link_task = tokio::spawn(
+        link::Supervisor {
+            client: client.clone(),
+            clusters: cluster_store,
+            key: cluster_key.clone(),
+            source: AuditSource {
+                cluster_id: opts.cluster_id.clone(),
+                org_id: opts.org_id.clone(),
+                operator_version: operator_version(),
+            },
+            shipper: shipper.clone(),
+            sink: shipper_sink,
+            instances: instance_store,
+            operations: None,
+            metrics: agent_metrics.clone(),
+            readiness: controlplane_check,
+            link_tx,
+            audit_tx,
+            jobs: vworkspace_agent::jobs::JobLoopConfig {
+                wait: opts.job_poll_wait.as_duration(),
+                ..Default::default()
+            },
+        }
+        .run(link_stop),
+    );
     tokio::spawn({
         let abort_all = abort_all.clone();
         async move {
@@ -401,6 +442,8 @@ async fn run(opts: Options) -> Result<ExitCode> {
     }
     shutdown_tx.send_replace(true);
     let _ = controller_task.await;
+    link_stop_tx.send_replace(true);
+    let _ = link_task.await;
     if lost_leadership {
         // Another replica takes over at once; hand over what was published, quickly.
         audit.flush().await;

@@ -1,0 +1,523 @@
+//! Pull mode end to end: the built operator against the reference control plane (its
+//! HTTP server and SQLite store, in this process) and the real API server.
+//!
+//! * a job enqueued on the control plane becomes an ApplicationInstance, and its
+//!   transitions reach the org timeline with every payload field;
+//! * a malformed job is rejected with a reason and a `JobRejected` audit event, and the
+//!   next good job is applied;
+//! * the control plane goes away: Connected=False, then Disconnected=True with
+//!   ConnectivityLost, events wait in the buffer; it comes back: every event arrives
+//!   exactly once and ConnectivityConnected follows;
+//! * 5xx answers from the control plane's fault switch are retried;
+//! * SIGKILL with undelivered events: the restarted operator replays them from status;
+//! * a wrong token: Authenticated=False and `/readyz` names `controlplane`;
+//! * the bootstrap token never appears in logs, Events, metrics or audit payloads.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, ListParams, PostParams};
+use serde_json::json;
+use vworkspace_api::application_instance::ApplicationInstance;
+use vworkspace_api::{AuditEvent, Cluster};
+use vworkspace_controlplane::store::TimelineFilter;
+use vworkspace_controlplane::{Config, Running, Store};
+use vworkspace_testkit::env::{TestEnv, poll_until, unique_suffix};
+use vworkspace_testkit::sim::flux::FluxSimulator;
+
+mod common;
+
+use common::{CLUSTER_ID, ORG_ID, install_crds, spawn_operator};
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// A control plane with its own database, an org and this cluster registered.
+struct ControlPlane {
+    db: PathBuf,
+    addr: SocketAddr,
+    running: Option<Running>,
+    token: String,
+}
+
+impl ControlPlane {
+    async fn start(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let db = dir.join("controlplane.db");
+        let _ = std::fs::remove_file(&db);
+        let store = Store::open(&db)?;
+        store.create_org(ORG_ID)?;
+        let token = store.create_cluster(ORG_ID, CLUSTER_ID)?;
+        drop(store);
+        let running =
+            vworkspace_controlplane::serve(Config::new(&db, "127.0.0.1:0".parse()?)).await?;
+        Ok(Self {
+            db,
+            addr: running.addr,
+            running: Some(running),
+            token,
+        })
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    async fn stop(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await;
+        }
+    }
+
+    /// Serve again on the same address.
+    async fn resume(&mut self) -> Result<()> {
+        self.running =
+            Some(vworkspace_controlplane::serve(Config::new(&self.db, self.addr)).await?);
+        Ok(())
+    }
+
+    fn store(&self) -> Result<Store> {
+        Ok(Store::open(&self.db)?)
+    }
+
+    fn enqueue(&self, id: &str, document: &str) -> Result<()> {
+        self.store()?.enqueue_job(CLUSTER_ID, Some(id), document)?;
+        Ok(())
+    }
+
+    fn job_state(&self, id: &str) -> Result<Option<(String, String)>> {
+        Ok(self
+            .store()?
+            .list_jobs(Some(CLUSTER_ID))?
+            .into_iter()
+            .find(|j| j.id == id)
+            .map(|j| (j.state, j.message)))
+    }
+
+    fn timeline(&self) -> Result<Vec<AuditEvent>> {
+        Ok(self
+            .store()?
+            .timeline(ORG_ID, &TimelineFilter::default(), 10_000)?
+            .into_iter()
+            .map(|e| e.event)
+            .collect())
+    }
+
+    async fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<serde_json::Value> {
+        let client = reqwest::Client::new();
+        let mut req = client.request(method, format!("{}{path}", self.url()));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await?;
+        let status = resp.status();
+        let text = resp.text().await?;
+        ensure!(status.is_success(), "{path}: {status} {text}");
+        Ok(serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
+    }
+}
+
+/// The token Secret and a Pull-mode Cluster in `ns`, pointing at `url`.
+async fn create_pull_cluster(env: &TestEnv, ns: &str, url: &str, token: &str) -> Result<()> {
+    let secrets: Api<Secret> = Api::namespaced(env.client.clone(), ns);
+    secrets
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "v1", "kind": "Secret",
+                "metadata": { "name": "controlplane-token" },
+                "stringData": { "token": token },
+            }))?,
+        )
+        .await?;
+    let clusters: Api<Cluster> = Api::namespaced(env.client.clone(), ns);
+    clusters
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "vworkspace.io/v1alpha1", "kind": "Cluster",
+                "metadata": { "name": CLUSTER_ID },
+                "spec": {
+                    "orgId": ORG_ID,
+                    "mode": "pull",
+                    "controlPlane": {
+                        "url": url,
+                        "credentialsSecretRef": { "name": "controlplane-token", "key": "token" },
+                    },
+                    "connectivity": { "gracePeriod": "3s", "heartbeatInterval": "1s" },
+                    "auditStream": { "bufferCapacity": 1000, "maxBatchSize": 50, "flushInterval": "1s" },
+                },
+            }))?,
+        )
+        .await?;
+    Ok(())
+}
+
+fn instance_job(ns: &str, name: &str) -> String {
+    json!({
+        "type": "ApplyApplicationInstance",
+        "cluster_id": CLUSTER_ID,
+        "namespace": ns,
+        "name": name,
+        "spec": { "chart": { "repository": "https://charts.example.org/stable", "name": "nextcloud", "version": "1.0.0" } },
+    })
+    .to_string()
+}
+
+fn condition(c: &Cluster, type_: &str) -> Option<(String, String)> {
+    c.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|x| x.type_ == type_)
+        .map(|x| (x.status.clone(), x.reason.clone()))
+}
+
+async fn wait_condition(
+    api: &Api<Cluster>,
+    type_: &str,
+    status: &str,
+    reason: &str,
+) -> Result<Cluster> {
+    poll_until(
+        LIMIT,
+        &format!("Cluster {type_}={status}/{reason}"),
+        || async {
+            let c = api.get(CLUSTER_ID).await.ok()?;
+            (condition(&c, type_) == Some((status.into(), reason.into()))).then_some(c)
+        },
+    )
+    .await
+}
+
+async fn wait_ready(api: &Api<ApplicationInstance>, name: &str) -> Result<ApplicationInstance> {
+    poll_until(LIMIT, &format!("{name} Ready=True"), || async {
+        let obj = api.get_opt(name).await.ok()??;
+        common::condition(&obj, "Ready")
+            .is_some_and(|(s, _, _)| s == "True")
+            .then_some(obj)
+    })
+    .await
+}
+
+fn kinds_for(timeline: &[AuditEvent], app: &str) -> BTreeSet<String> {
+    timeline
+        .iter()
+        .filter(|e| e.application_instance.as_deref() == Some(app))
+        .map(|e| e.kind.clone())
+        .collect()
+}
+
+fn operator_flags() -> [&'static str; 2] {
+    ["--job-poll-wait=2s", "--cluster-resync=1s"]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_timeline_outage_and_replay() -> Result<()> {
+    let env = TestEnv::shared().await?;
+    install_crds(&env).await?;
+    let ns = env.fresh_namespace("pull").await?;
+    let dir = std::env::temp_dir().join(format!("vws-pull-{ns}"));
+    let mut cp = ControlPlane::start(&dir).await?;
+    let _flux = FluxSimulator::start(env.client.clone(), Some(&ns));
+    create_pull_cluster(&env, &ns, &cp.url(), &cp.token).await?;
+    let identity = format!("op-{}", unique_suffix());
+    let mut op = spawn_operator(&env, &ns, &identity, &operator_flags())?;
+    let clusters: Api<Cluster> = Api::namespaced(env.client.clone(), &ns);
+    let instances: Api<ApplicationInstance> = Api::namespaced(env.client.clone(), &ns);
+
+    // Connected and authenticated, with a heartbeat on record.
+    let c = wait_condition(&clusters, "Connected", "True", "ControlPlaneReachable").await?;
+    ensure!(condition(&c, "Authenticated") == Some(("True".into(), "CredentialValid".into())));
+    poll_until(LIMIT, "status.lastHeartbeat", || async {
+        clusters.get(CLUSTER_ID).await.ok()?.status?.last_heartbeat
+    })
+    .await?;
+
+    // A job becomes an instance; its transitions reach the timeline with every field.
+    cp.enqueue("job-1", &instance_job(&ns, "first"))?;
+    let first = wait_ready(&instances, "first").await?;
+    ensure!(
+        first
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("app.vworkspace.io/job-id"))
+            .map(String::as_str)
+            == Some("job-1"),
+        "the job id is on what it created"
+    );
+    poll_until(LIMIT, "job-1 applied", || async {
+        (cp.job_state("job-1").ok()??.0 == "applied").then_some(())
+    })
+    .await?;
+    let timeline = poll_until(LIMIT, "first's transitions in the timeline", || async {
+        let t = cp.timeline().ok()?;
+        kinds_for(&t, "first")
+            .contains("ReconcileSucceeded")
+            .then_some(t)
+    })
+    .await?;
+    let succeeded = timeline
+        .iter()
+        .find(|e| {
+            e.kind == "ReconcileSucceeded" && e.application_instance.as_deref() == Some("first")
+        })
+        .context("ReconcileSucceeded")?;
+    ensure!(succeeded.cluster_id == CLUSTER_ID && succeeded.org_id == ORG_ID);
+    ensure!(succeeded.namespace.as_deref() == Some(ns.as_str()));
+    ensure!(succeeded.operator_version.starts_with('v') && succeeded.event_id.len() == 32);
+    ensure!(!succeeded.reason.is_empty() && !succeeded.message.is_empty());
+    ensure!(
+        timeline.iter().any(|e| e.kind == "ConnectivityConnected"),
+        "the Cluster's own transition is in the timeline too"
+    );
+
+    // A malformed job is rejected with a reason and an audit event; the next one applies.
+    cp.enqueue("job-bad", "{ this is not json")?;
+    cp.enqueue("job-2", &instance_job(&ns, "second"))?;
+    let (state, message) = poll_until(LIMIT, "job-bad answered", || async {
+        let s = cp.job_state("job-bad").ok()??;
+        (s.0 != "queued" && s.0 != "delivered").then_some(s)
+    })
+    .await?;
+    ensure!(
+        state == "rejected" && message.contains("MalformedJob"),
+        "{state}: {message}"
+    );
+    wait_ready(&instances, "second").await?;
+    poll_until(LIMIT, "JobRejected in the timeline", || async {
+        cp.timeline()
+            .ok()?
+            .iter()
+            .any(|e| {
+                e.kind == "JobRejected"
+                    && e.reason == "MalformedJob"
+                    && e.message.contains("job-bad")
+            })
+            .then_some(())
+    })
+    .await?;
+
+    // Two 503s on the events endpoint: retried, nothing lost.
+    cp.admin(reqwest::Method::DELETE, "/admin/stats", None)
+        .await?;
+    cp.admin(
+        reqwest::Method::POST,
+        "/admin/faults",
+        Some(json!({ "path": "events", "status": 503, "count": 2 })),
+    )
+    .await?;
+    cp.enqueue("job-3", &instance_job(&ns, "third"))?;
+    wait_ready(&instances, "third").await?;
+    poll_until(
+        LIMIT,
+        "third's success delivered after the 503s",
+        || async {
+            kinds_for(&cp.timeline().ok()?, "third")
+                .contains("ReconcileSucceeded")
+                .then_some(())
+        },
+    )
+    .await?;
+    let stats = cp.admin(reqwest::Method::GET, "/admin/stats", None).await?;
+    let events_503 = stats["requests"]["POST /api/agent/events"]["503"]
+        .as_u64()
+        .unwrap_or(0);
+    ensure!(events_503 == 2, "both faults were hit and retried: {stats}");
+
+    // The control plane goes away while transitions happen.
+    cp.stop().await;
+    let api_direct: Api<ApplicationInstance> = instances.clone();
+    api_direct
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "vworkspace.io/v1alpha1", "kind": "ApplicationInstance",
+                "metadata": { "name": "during-outage" },
+                "spec": { "chart": { "repository": "https://charts.example.org/stable", "name": "nextcloud", "version": "1.0.0" } },
+            }))?,
+        )
+        .await?;
+    wait_ready(&instances, "during-outage").await?;
+    wait_condition(&clusters, "Connected", "False", "Reconnecting").await?;
+    let lost = wait_condition(&clusters, "Disconnected", "True", "GracePeriodExceeded").await?;
+    ensure!(
+        condition(&lost, "Connected") == Some(("False".into(), "ControlPlaneUnreachable".into()))
+    );
+    let pending = lost
+        .status
+        .as_ref()
+        .and_then(|s| s.audit_stream.as_ref())
+        .map_or(0, |a| a.pending);
+    let metrics = op.metrics().await?;
+    ensure!(
+        metrics.contains("vworkspace_operator_connectivity_state{mode=\"pull\"} -1"),
+        "gauge says disconnected"
+    );
+    let occupancy = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("vworkspace_operator_event_buffer_occupancy "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or(0.0);
+    ensure!(
+        occupancy > 0.0 || pending > 0,
+        "events wait in the buffer (occupancy {occupancy}, pending {pending})"
+    );
+    let events: Api<Event> = Api::namespaced(env.client.clone(), &ns);
+    poll_until(LIMIT, "a ConnectivityLost Event", || async {
+        events
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("ConnectivityLost"))
+            .then_some(())
+    })
+    .await?;
+
+    // Back: everything the operator published arrives exactly once.
+    cp.resume().await?;
+    wait_condition(&clusters, "Connected", "True", "ControlPlaneReachable").await?;
+    poll_until(LIMIT, "the outage's transitions delivered", || async {
+        kinds_for(&cp.timeline().ok()?, "during-outage")
+            .contains("ReconcileSucceeded")
+            .then_some(())
+    })
+    .await?;
+    let published: BTreeSet<String> = op
+        .audit_events()?
+        .iter()
+        .filter_map(|e| e["event_id"].as_str().map(str::to_owned))
+        .collect();
+    ensure!(
+        published.len() >= 8,
+        "the audit file holds what was published: {published:?}"
+    );
+    let delivered = poll_until(LIMIT, "every published event delivered", || async {
+        let t = cp.timeline().ok()?;
+        let ids: BTreeSet<String> = t.iter().map(|e| e.event_id.clone()).collect();
+        published.is_subset(&ids).then_some(t)
+    })
+    .await?;
+    ensure!(
+        delivered.len()
+            == delivered
+                .iter()
+                .map(|e| &e.event_id)
+                .collect::<BTreeSet<_>>()
+                .len(),
+        "no event stored twice"
+    );
+    poll_until(LIMIT, "ConnectivityConnected after the loss", || async {
+        let n = cp
+            .timeline()
+            .ok()?
+            .iter()
+            .filter(|e| e.kind == "ConnectivityConnected")
+            .count();
+        (n >= 2).then_some(())
+    })
+    .await?;
+
+    // SIGKILL with undelivered events: the restart replays them from status.
+    cp.stop().await;
+    instances
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "vworkspace.io/v1alpha1", "kind": "ApplicationInstance",
+                "metadata": { "name": "before-kill" },
+                "spec": { "chart": { "repository": "https://charts.example.org/stable", "name": "nextcloud", "version": "1.0.0" } },
+            }))?,
+        )
+        .await?;
+    wait_ready(&instances, "before-kill").await?;
+    op.kill();
+    cp.resume().await?;
+    let mut op = spawn_operator(&env, &ns, &identity, &operator_flags())?;
+    poll_until(
+        LIMIT,
+        "before-kill's success replayed after the restart",
+        || async {
+            kinds_for(&cp.timeline().ok()?, "before-kill")
+                .contains("ReconcileSucceeded")
+                .then_some(())
+        },
+    )
+    .await?;
+    ensure!(
+        op.log_lines()?
+            .iter()
+            .any(|l| l.contains("replaying recorded transitions (start-up)")),
+        "the restart replayed from status"
+    );
+    let t = cp.timeline()?;
+    ensure!(t.len() == t.iter().map(|e| &e.event_id).collect::<BTreeSet<_>>().len());
+
+    // The token appears nowhere the operator writes.
+    let logs = op.log_lines()?.join("\n");
+    ensure!(!logs.contains(&cp.token), "token in the operator log");
+    ensure!(!op.metrics().await?.contains(&cp.token), "token in metrics");
+    ensure!(
+        !serde_json::to_string(&op.audit_events()?)?.contains(&cp.token),
+        "token in audit events"
+    );
+    ensure!(
+        !serde_json::to_string(&t)?.contains(&cp.token),
+        "token in the delivered payloads"
+    );
+    let all_events = serde_json::to_string(&events.list(&ListParams::default()).await?.items)?;
+    ensure!(!all_events.contains(&cp.token), "token in Events");
+    let cluster_json = serde_json::to_string(&clusters.get(CLUSTER_ID).await?)?;
+    ensure!(!cluster_json.contains(&cp.token), "token in the Cluster");
+
+    op.ensure_running()?;
+    cp.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_token_fails_authenticated_and_readiness() -> Result<()> {
+    let env = TestEnv::shared().await?;
+    install_crds(&env).await?;
+    let ns = env.fresh_namespace("pull-auth").await?;
+    let dir = std::env::temp_dir().join(format!("vws-pull-{ns}"));
+    let mut cp = ControlPlane::start(&dir).await?;
+    let wrong = "0000000000000000000000000000000000000000000000000000000000000000";
+    create_pull_cluster(&env, &ns, &cp.url(), wrong).await?;
+    let mut op = spawn_operator(
+        &env,
+        &ns,
+        &format!("op-{}", unique_suffix()),
+        &operator_flags(),
+    )?;
+    let clusters: Api<Cluster> = Api::namespaced(env.client.clone(), &ns);
+    wait_condition(&clusters, "Authenticated", "False", "CredentialRejected").await?;
+    let body = poll_until(LIMIT, "/readyz 503 naming controlplane", || async {
+        let (code, body) = op.probe("/readyz").await.ok()?;
+        (code == 503 && body.contains("\"controlplane\"") && body.contains("401")).then_some(body)
+    })
+    .await?;
+    ensure!(
+        !body.contains(wrong),
+        "the token is not in the readiness body"
+    );
+    ensure!(
+        !op.log_lines()?.join("\n").contains(wrong),
+        "nor in the log"
+    );
+    op.ensure_running()?;
+    cp.stop().await;
+    Ok(())
+}
