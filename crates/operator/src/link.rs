@@ -50,6 +50,7 @@ use vworkspace_api::application_instance::ApplicationInstance;
 use vworkspace_api::cluster::{AuditStreamSpec, Cluster, ControlPlane, Mode};
 use vworkspace_api::{AuditEvent, AuditSource, Operation};
 use vworkspace_reconcile::cluster::{AuditView, Credential, LinkState, LinkView};
+use vworkspace_runtime::Readiness;
 use vworkspace_telemetry::health::CheckHandle;
 use vworkspace_telemetry::metrics::{AgentMetrics, ConnectivityMode};
 
@@ -188,6 +189,8 @@ pub struct Supervisor {
     pub audit_tx: watch::Sender<AuditView>,
     /// Settings of the job loop (tests shorten the long-poll).
     pub jobs: JobLoopConfig,
+    /// The controllers: the replay waits until their caches have synced.
+    pub readiness_of_controllers: Readiness,
 }
 
 /// How often the supervisor looks at the Cluster's settings.
@@ -216,6 +219,8 @@ impl Supervisor {
     /// Runs the link until `stop` turns true.
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
         let mut replayed_once = false;
+        let mut pending_replay: Option<(Option<Time>, &'static str)> = None;
+        let mut overflow_unrecovered = false;
         loop {
             if *stop.borrow() {
                 break;
@@ -319,26 +324,24 @@ impl Supervisor {
                 tasks_stop.clone(),
             ));
 
-            if !replayed_once {
-                // After a restart: what the last process may have lost.
-                let watermark = cluster
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.audit_stream.as_ref())
-                    .and_then(|a| a.delivered_watermark.clone());
-                self.replay(watermark.as_ref(), "start-up").await;
-                replayed_once = true;
-            }
-
-            // Mirror the link and the stream until the settings change or we stop.
-            let mut conn_rx = connectivity.subscribe();
-            let mut stream_rx = self.shipper.subscribe();
+            // What must be replayed, from which watermark: after a restart, what the last
+            // process may have lost; after an overflow, what was dropped.
             let mut persisted_watermark = cluster
                 .status
                 .as_ref()
                 .and_then(|s| s.audit_stream.as_ref())
                 .and_then(|a| a.delivered_watermark.clone());
-            let mut overflow_unrecovered = false;
+            if !replayed_once {
+                pending_replay = Some((persisted_watermark.clone(), "start-up"));
+                replayed_once = true;
+            }
+            let capacity = usize::try_from(wanted.audit.buffer_capacity)
+                .unwrap_or(1)
+                .max(1);
+
+            // Mirror the link and the stream until the settings change or we stop.
+            let mut conn_rx = connectivity.subscribe();
+            let mut stream_rx = self.shipper.subscribe();
             let mut recheck = tokio::time::interval(SETTINGS_RECHECK);
             loop {
                 let snapshot = connectivity.current();
@@ -349,14 +352,16 @@ impl Supervisor {
                 )));
                 let status = self.shipper.status();
                 if status.overflowed_since_last_check {
-                    overflow_unrecovered = true;
-                    // Replay from the watermark the Cluster holds (it is at or before the
-                    // oldest dropped event, which the shipper's own watermark covers too).
+                    // Replay from the watermark the Cluster holds, lowered to the shipper's
+                    // (which is at or before the oldest event dropped).
                     let from = earliest(persisted_watermark.clone(), status.watermark.clone());
+                    let from = match pending_replay.take() {
+                        Some((earlier, _)) => earliest(earlier, from),
+                        None => from,
+                    };
+                    pending_replay = Some((from, "buffer overflow"));
+                    overflow_unrecovered = true;
                     self.shipper.acknowledge_overflow();
-                    self.replay(from.as_ref(), "buffer overflow").await;
-                } else if overflow_unrecovered && status.pending == 0 {
-                    overflow_unrecovered = false;
                 }
                 if let Some(w) = status.watermark.clone() {
                     persisted_watermark = Some(w);
@@ -365,6 +370,23 @@ impl Supervisor {
                     stream: status.to_api(),
                     overflow_unrecovered,
                 });
+                // Replay only over a working link and with complete caches; a replay into
+                // a buffer that cannot drain would only overflow it again.
+                if let Some((from, why)) = pending_replay.clone()
+                    && snapshot.state == AgentState::Connected
+                    && self.caches_synced()
+                {
+                    match self.replay(from.as_ref(), why, capacity).await {
+                        Ok(()) => {
+                            pending_replay = None;
+                            if !self.shipper.status().overflowed_since_last_check {
+                                overflow_unrecovered = false;
+                            }
+                            continue;
+                        }
+                        Err(resume_from) => pending_replay = Some((resume_from, why)),
+                    }
+                }
                 tokio::select! {
                     _ = stop.changed() => break,
                     r = conn_rx.changed() => { if r.is_err() { break; } }
@@ -422,7 +444,22 @@ impl Supervisor {
         Ok(Token::new(token.trim().to_owned()))
     }
 
-    async fn replay(&self, watermark: Option<&Time>, why: &str) {
+    fn caches_synced(&self) -> bool {
+        self.readiness_of_controllers
+            .controllers()
+            .iter()
+            .all(|c| c.is_synced())
+    }
+
+    /// Resubmits every transition recorded at or after `watermark`, a buffer's worth at a
+    /// time, waiting for each part to be delivered. On a delivery failure it stops and
+    /// answers where to resume (the receiver deduplicates what was sent twice).
+    async fn replay(
+        &self,
+        watermark: Option<&Time>,
+        why: &str,
+        capacity: usize,
+    ) -> Result<(), Option<Time>> {
         let instances = self.instances.state();
         let operations = self
             .operations
@@ -444,9 +481,22 @@ impl Supervisor {
             watermark = ?watermark.map(|w| w.0.to_string()),
             "replaying recorded transitions ({why})"
         );
-        for event in events {
-            self.shipper.submit(event);
+        let mut rest = events.as_slice();
+        while !rest.is_empty() {
+            let free = capacity
+                .saturating_sub(self.shipper.status().pending)
+                .max(1);
+            let (part, later) = rest.split_at(free.min(rest.len()));
+            for event in part {
+                self.shipper.submit(event.clone());
+            }
+            if let Err(err) = self.shipper.flush().await {
+                tracing::warn!(error = %err, "replay paused until the link delivers again");
+                return Err(part.first().map(|e| e.occurred_at.clone()));
+            }
+            rest = later;
         }
+        Ok(())
     }
 }
 

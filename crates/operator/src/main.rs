@@ -246,6 +246,7 @@ async fn run(opts: Options) -> Result<ExitCode> {
     let readiness = Readiness::new();
     readiness.add(ai_controller.status());
     let instance_store = ai_controller.store();
+    let link_readiness = readiness.clone();
 
     // The Cluster controller: the one writer of Cluster status. It reports what the
     // other controllers, the namespaces, discovery and (in Pull mode) the link show.
@@ -419,6 +420,7 @@ async fn run(opts: Options) -> Result<ExitCode> {
                 wait: opts.job_poll_wait.as_duration(),
                 ..Default::default()
             },
+            readiness_of_controllers: link_readiness,
         }
         .run(link_stop),
     );

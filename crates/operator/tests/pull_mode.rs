@@ -127,7 +127,13 @@ impl ControlPlane {
 }
 
 /// The token Secret and a Pull-mode Cluster in `ns`, pointing at `url`.
-async fn create_pull_cluster(env: &TestEnv, ns: &str, url: &str, token: &str) -> Result<()> {
+async fn create_pull_cluster(
+    env: &TestEnv,
+    ns: &str,
+    url: &str,
+    token: &str,
+    capacity: u32,
+) -> Result<()> {
     let secrets: Api<Secret> = Api::namespaced(env.client.clone(), ns);
     secrets
         .create(
@@ -154,7 +160,7 @@ async fn create_pull_cluster(env: &TestEnv, ns: &str, url: &str, token: &str) ->
                         "credentialsSecretRef": { "name": "controlplane-token", "key": "token" },
                     },
                     "connectivity": { "gracePeriod": "3s", "heartbeatInterval": "1s" },
-                    "auditStream": { "bufferCapacity": 1000, "maxBatchSize": 50, "flushInterval": "1s" },
+                    "auditStream": { "bufferCapacity": capacity, "maxBatchSize": capacity.min(50), "flushInterval": "1s" },
                 },
             }))?,
         )
@@ -229,7 +235,7 @@ async fn jobs_timeline_outage_and_replay() -> Result<()> {
     let dir = std::env::temp_dir().join(format!("vws-pull-{ns}"));
     let mut cp = ControlPlane::start(&dir).await?;
     let _flux = FluxSimulator::start(env.client.clone(), Some(&ns));
-    create_pull_cluster(&env, &ns, &cp.url(), &cp.token).await?;
+    create_pull_cluster(&env, &ns, &cp.url(), &cp.token, 1000).await?;
     let identity = format!("op-{}", unique_suffix());
     let mut op = spawn_operator(&env, &ns, &identity, &operator_flags())?;
     let clusters: Api<Cluster> = Api::namespaced(env.client.clone(), &ns);
@@ -495,7 +501,7 @@ async fn a_wrong_token_fails_authenticated_and_readiness() -> Result<()> {
     let dir = std::env::temp_dir().join(format!("vws-pull-{ns}"));
     let mut cp = ControlPlane::start(&dir).await?;
     let wrong = "0000000000000000000000000000000000000000000000000000000000000000";
-    create_pull_cluster(&env, &ns, &cp.url(), wrong).await?;
+    create_pull_cluster(&env, &ns, &cp.url(), wrong, 1000).await?;
     let mut op = spawn_operator(
         &env,
         &ns,
@@ -517,6 +523,113 @@ async fn a_wrong_token_fails_authenticated_and_readiness() -> Result<()> {
         !op.log_lines()?.join("\n").contains(wrong),
         "nor in the log"
     );
+    op.ensure_running()?;
+    cp.stop().await;
+    Ok(())
+}
+
+fn metric(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overflow_is_reported_and_the_replay_delivers_every_outcome() -> Result<()> {
+    let env = TestEnv::shared().await?;
+    install_crds(&env).await?;
+    let ns = env.fresh_namespace("pull-overflow").await?;
+    let dir = std::env::temp_dir().join(format!("vws-pull-{ns}"));
+    let mut cp = ControlPlane::start(&dir).await?;
+    let _flux = FluxSimulator::start(env.client.clone(), Some(&ns));
+    create_pull_cluster(&env, &ns, &cp.url(), &cp.token, 4).await?;
+    let mut op = spawn_operator(
+        &env,
+        &ns,
+        &format!("op-{}", unique_suffix()),
+        &operator_flags(),
+    )?;
+    let clusters: Api<Cluster> = Api::namespaced(env.client.clone(), &ns);
+    let instances: Api<ApplicationInstance> = Api::namespaced(env.client.clone(), &ns);
+    wait_condition(&clusters, "Connected", "True", "ControlPlaneReachable").await?;
+
+    cp.stop().await;
+    let names = ["ov-a", "ov-b", "ov-c", "ov-d"];
+    for name in names {
+        instances
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({
+                    "apiVersion": "vworkspace.io/v1alpha1", "kind": "ApplicationInstance",
+                    "metadata": { "name": name },
+                    "spec": { "chart": { "repository": "https://charts.example.org/stable", "name": "nextcloud", "version": "1.0.0" } },
+                }))?,
+            )
+            .await?;
+    }
+    for name in names {
+        wait_ready(&instances, name).await?;
+    }
+    let over = wait_condition(&clusters, "EventBufferOverflow", "True", "BufferOverflowed").await?;
+    ensure!(
+        over.status
+            .as_ref()
+            .and_then(|s| s.audit_stream.as_ref())
+            .is_some_and(|a| a.dropped > 0)
+    );
+    let events: Api<Event> = Api::namespaced(env.client.clone(), &ns);
+    poll_until(LIMIT, "a ClusterEventBufferOverflow Event", || async {
+        events
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("ClusterEventBufferOverflow"))
+            .then_some(())
+    })
+    .await?;
+    // The dropped count on the Cluster is the counter's.
+    poll_until(
+        LIMIT,
+        "status.auditStream.dropped == dropped_total",
+        || async {
+            let dropped = clusters
+                .get(CLUSTER_ID)
+                .await
+                .ok()?
+                .status?
+                .audit_stream?
+                .dropped;
+            let counter = metric(
+                &op.metrics().await.ok()?,
+                "vworkspace_operator_event_buffer_dropped_total",
+            );
+            (dropped > 0 && counter == dropped as f64).then_some(())
+        },
+    )
+    .await?;
+
+    cp.resume().await?;
+    poll_until(LIMIT, "every terminal outcome in the timeline", || async {
+        let t = cp.timeline().ok()?;
+        names
+            .iter()
+            .all(|n| kinds_for(&t, n).contains("ReconcileSucceeded"))
+            .then_some(())
+    })
+    .await?;
+    wait_condition(
+        &clusters,
+        "EventBufferOverflow",
+        "False",
+        "BufferWithinCapacity",
+    )
+    .await?;
+    let t = cp.timeline()?;
+    ensure!(t.len() == t.iter().map(|e| &e.event_id).collect::<BTreeSet<_>>().len());
     op.ensure_running()?;
     cp.stop().await;
     Ok(())
