@@ -45,6 +45,17 @@ pub const SYSTEM_NAMESPACE: &str = "vworkspace-system";
         json_path = r#".status.conditions[?(@.type=="Connected")].status"#
     ),
     printcolumn(
+        name = "Pending",
+        type_ = "integer",
+        json_path = ".status.auditStream.pending"
+    ),
+    printcolumn(
+        name = "Operator",
+        type_ = "string",
+        json_path = ".status.operatorVersion"
+    ),
+    printcolumn(name = "Flux", type_ = "string", json_path = ".status.fluxVersion"),
+    printcolumn(
         name = "Last Heartbeat",
         type_ = "date",
         json_path = ".status.lastHeartbeat"
@@ -55,9 +66,9 @@ pub const SYSTEM_NAMESPACE: &str = "vworkspace-system";
         json_path = ".metadata.creationTimestamp"
     ),
     printcolumn(
-        name = "Operator",
+        name = "Velero",
         type_ = "string",
-        json_path = ".status.operatorVersion",
+        json_path = ".status.veleroVersion",
         priority = 1
     ),
     printcolumn(

@@ -242,7 +242,16 @@ fn printer_columns_answer_each_pane() {
     let want: &[(&str, &[&str])] = &[
         (
             "clusters.vworkspace.io",
-            &["Org", "Mode", "Connected", "Last Heartbeat", "Age"],
+            &[
+                "Org",
+                "Mode",
+                "Connected",
+                "Pending",
+                "Operator",
+                "Flux",
+                "Last Heartbeat",
+                "Age",
+            ],
         ),
         (
             "applicationinstances.vworkspace.io",
