@@ -1,11 +1,12 @@
 //! `cargo xtask demo`: everything a newcomer needs to see the operator work.
 //!
-//! Starts the local Kubernetes, installs the CRDs, runs the simulated Flux and the
-//! operator (as its built binary), creates a few ApplicationInstances — one of which
-//! Flux fails to upgrade — and prints the panes a person reads: the applications, the
-//! operations, the Events, the operator's own metrics and its audit stream. The
-//! cluster stays up until Ctrl-C. The Cluster pane and the reference control plane
-//! appear here once their issues land.
+//! Starts the local Kubernetes, installs the CRDs, runs the reference control plane
+//! (its built binary, on a fresh SQLite file), the simulated Flux and the operator (its
+//! built binary, in Pull mode against that control plane), creates one
+//! ApplicationInstance directly and one through a control-plane job — then upgrades the
+//! first to a version Flux fails — and prints the panes a person reads: the Cluster, the
+//! applications, the operations, the Events, the operator's own metrics and the org's
+//! timeline on the control plane. Everything stays up until Ctrl-C.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -27,10 +28,18 @@ pub async fn run() -> Result<()> {
     let bins = K8sBinaries::ensure()?;
     let status = Command::new(env!("CARGO"))
         .current_dir(repo_root())
-        .args(["build", "-q", "-p", "vworkspace-operator"])
+        .args([
+            "build",
+            "-q",
+            "-p",
+            "vworkspace-operator",
+            "-p",
+            "vworkspace-controlplane",
+        ])
         .status()?;
     anyhow::ensure!(status.success(), "building the operator failed");
     let operator = repo_root().join("target/debug/vworkspace-operator");
+    let controlplane = repo_root().join("target/debug/vworkspace-controlplane");
 
     let dir = binaries::cache_root()?.join("demo");
     let cluster = LocalCluster::start(bins.clone(), &dir, Lifetime::Attached).await?;
@@ -57,6 +66,75 @@ pub async fn run() -> Result<()> {
         "app.vworkspace.io/org-id=demo",
     ])?;
 
+    // The reference control plane, with this org and cluster registered.
+    let cp_dir = dir.join("controlplane");
+    let _ = std::fs::remove_dir_all(&cp_dir);
+    std::fs::create_dir_all(&cp_dir)?;
+    let db = cp_dir.join("controlplane.db");
+    let cp = |args: &[&str]| -> Result<String> {
+        let out = Command::new(&controlplane)
+            .args(args)
+            .arg(format!("--db={}", db.display()))
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "vworkspace-controlplane {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    cp(&["org", "create", "demo"])?;
+    let token = cp(&["cluster", "create", "--org", "demo", "cluster-demo"])?;
+    let mut server = Command::new(&controlplane)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .arg(format!("--db={}", db.display()))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(cp_dir.join("server.log"))?)
+        .spawn()
+        .context("starting the control plane")?;
+    let url = {
+        use std::io::BufRead;
+        let stdout = server.stdout.take().context("control plane stdout")?;
+        let mut line = String::new();
+        std::io::BufReader::new(stdout).read_line(&mut line)?;
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .with_context(|| format!("unexpected first line from the control plane: {line:?}"))?
+            .to_owned();
+        format!("http://{addr}")
+    };
+    kubectl(&["create", "namespace", "vworkspace-system"])?;
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(client.clone(), "vworkspace-system");
+    secrets
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "v1", "kind": "Secret",
+                "metadata": { "name": "controlplane-token" },
+                "stringData": { "token": token.trim() },
+            }))?,
+        )
+        .await?;
+    let clusters: Api<vworkspace_api::Cluster> =
+        Api::namespaced(client.clone(), "vworkspace-system");
+    clusters
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "vworkspace.io/v1alpha1", "kind": "Cluster",
+                "metadata": { "name": "cluster-demo" },
+                "spec": {
+                    "orgId": "demo", "mode": "pull",
+                    "controlPlane": { "url": url, "credentialsSecretRef": { "name": "controlplane-token", "key": "token" } },
+                    "connectivity": { "gracePeriod": "30s", "heartbeatInterval": "5s" },
+                },
+            }))?,
+        )
+        .await?;
+
     let flux = FluxSimulator::start(client.clone(), None);
     flux.fail_version(
         "28.0.0",
@@ -66,23 +144,43 @@ pub async fn run() -> Result<()> {
         &operator,
         cluster.kubeconfig(),
         &dir.join("operator"),
-        &["--cluster-id=cluster-demo", "--org-id=demo"],
+        &[
+            "--cluster-id=cluster-demo",
+            "--org-id=demo",
+            "--cluster-resync=5s",
+        ],
     )?;
 
     let api: Api<ApplicationInstance> = Api::namespaced(client.clone(), NAMESPACE);
-    for (name, chart, version) in [
-        ("nextcloud", "nextcloud", "27.0.1"),
-        ("wiki", "wikijs", "2.5.0"),
-    ] {
-        let obj: ApplicationInstance = serde_json::from_value(json!({
-            "apiVersion": "vworkspace.io/v1alpha1", "kind": "ApplicationInstance",
-            "metadata": { "name": name },
-            "spec": { "chart": { "repository": "https://charts.example.org/stable", "name": chart, "version": version } }
-        }))?;
-        api.create(&PostParams::default(), &obj)
-            .await
-            .with_context(|| format!("creating {name}"))?;
-    }
+    // One application created directly, one through a control-plane job.
+    let obj: ApplicationInstance = serde_json::from_value(json!({
+        "apiVersion": "vworkspace.io/v1alpha1", "kind": "ApplicationInstance",
+        "metadata": { "name": "nextcloud" },
+        "spec": { "chart": { "repository": "https://charts.example.org/stable", "name": "nextcloud", "version": "27.0.1" } }
+    }))?;
+    api.create(&PostParams::default(), &obj)
+        .await
+        .context("creating nextcloud")?;
+    let job = cp_dir.join("job-wiki.json");
+    std::fs::write(
+        &job,
+        json!({
+            "type": "ApplyApplicationInstance", "cluster_id": "cluster-demo",
+            "namespace": NAMESPACE, "name": "wiki",
+            "spec": { "chart": { "repository": "https://charts.example.org/stable", "name": "wikijs", "version": "2.5.0" } },
+        })
+        .to_string(),
+    )?;
+    cp(&[
+        "job",
+        "enqueue",
+        "--cluster",
+        "cluster-demo",
+        "--id",
+        "demo-wiki",
+        "--file",
+        &job.display().to_string(),
+    ])?;
     wait_condition(&api, &["nextcloud", "wiki"], "Ready").await?;
     // An upgrade that Flux fails, so the panes show a failure and its reason.
     api.patch(
@@ -94,6 +192,22 @@ pub async fn run() -> Result<()> {
     wait_condition(&api, &["nextcloud"], "Failed").await?;
     op.ensure_running()?;
 
+    pane(
+        "Cluster — kubectl get cluster -n vworkspace-system",
+        &format!(
+            "{}\n{}",
+            kubectl(&["get", "cluster", "-n", "vworkspace-system"])?,
+            kubectl(&[
+                "get",
+                "cluster",
+                "-n",
+                "vworkspace-system",
+                "cluster-demo",
+                "-o",
+                "jsonpath={range .status.conditions[*]}{.type}={.status} ({.reason}) {.message}{\"\\n\"}{end}",
+            ])?
+        ),
+    );
     pane(
         "Applications — kubectl get applicationinstance -A",
         &kubectl(&["get", "applicationinstance", "-A"])?,
@@ -133,25 +247,29 @@ pub async fn run() -> Result<()> {
         ),
         &interesting.join("\n"),
     );
-    let audit: Vec<String> = op
-        .audit_events()?
-        .iter()
-        .map(|e| {
-            format!(
-                "{}  {:<20} {:<12} {}",
-                e["occurred_at"].as_str().unwrap_or(""),
-                e["kind"].as_str().unwrap_or(""),
-                e["application_instance"].as_str().unwrap_or(""),
-                e["message"].as_str().unwrap_or("")
-            )
-        })
-        .collect();
+    // The audit stream delivers within a flush interval or so: wait for the failure.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cp(&["timeline", "--org", "demo", "--kind", "ReconcileFailed"])?.contains("nextcloud")
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     pane(
-        &format!("Audit stream — jq . {}", op.audit_log.display()),
-        &audit.join("\n"),
+        "Control-plane timeline — vworkspace-controlplane timeline --org demo",
+        &cp(&["timeline", "--org", "demo", "--limit", "20"])?,
+    );
+    pane(
+        "Control-plane jobs — vworkspace-controlplane job list",
+        &cp(&["job", "list"])?,
     );
 
-    println!("\nThe cluster, the simulated Flux and the operator keep running. Try:");
+    println!("\nThe cluster, the control plane, the simulated Flux and the operator keep running. Try:");
+    println!("  open {url}/orgs/demo/timeline   (the live timeline page)");
+    println!(
+        "  {} timeline --org demo --db {}",
+        controlplane.display(),
+        db.display()
+    );
     println!("  export KUBECONFIG={}", cluster.kubeconfig().display());
     println!("  export PATH={}:$PATH", bins.dir().display());
     println!("  kubectl describe applicationinstance -n {NAMESPACE} nextcloud");
@@ -166,6 +284,8 @@ pub async fn run() -> Result<()> {
     println!("Press Ctrl-C to stop everything.");
     tokio::signal::ctrl_c().await?;
     op.terminate();
+    let _ = server.kill();
+    let _ = server.wait();
     drop(flux);
     drop(cluster);
     Ok(())
