@@ -263,7 +263,9 @@ pub async fn run() -> Result<()> {
         &cp(&["job", "list"])?,
     );
 
-    println!("\nThe cluster, the control plane, the simulated Flux and the operator keep running. Try:");
+    println!(
+        "\nThe cluster, the control plane, the simulated Flux and the operator keep running. Try:"
+    );
     println!("  open {url}/orgs/demo/timeline   (the live timeline page)");
     println!(
         "  {} timeline --org demo --db {}",

@@ -80,6 +80,7 @@ pub fn third_party_crds() -> Vec<CustomResourceDefinition> {
         thirdparty::HelmRelease::crd(),
         thirdparty::Backup::crd(),
         thirdparty::Restore::crd(),
+        thirdparty::velero::ServerStatusRequest::crd(),
         thirdparty::Workflow::crd(),
         thirdparty::ReplicationSource::crd(),
         thirdparty::VolumeSnapshot::crd(),

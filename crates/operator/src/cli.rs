@@ -69,6 +69,8 @@ pub struct Options {
     pub cluster_resync: vworkspace_api::GoDuration,
     /// `--job-poll-wait`: how long one long-poll for jobs waits on the control plane, 30s.
     pub job_poll_wait: vworkspace_api::GoDuration,
+    /// `--velero-namespace`: where Velero runs (asked for its version there), `velero`.
+    pub velero_namespace: String,
 }
 
 impl Default for Options {
@@ -103,6 +105,7 @@ impl Default for Options {
             graceful_shutdown_timeout: vworkspace_api::GoDuration::from_secs(30),
             cluster_resync: vworkspace_api::GoDuration::from_secs(30),
             job_poll_wait: vworkspace_api::GoDuration::from_secs(30),
+            velero_namespace: "velero".into(),
         }
     }
 }
@@ -127,7 +130,8 @@ flags of run (defaults in brackets):
   --watch-namespace NS              reconcile only namespace NS [$WATCH_NAMESPACE or all]
   --graceful-shutdown-timeout DUR   on SIGTERM, let running reconciles finish this long [30s]
   --cluster-resync DUR              report on the Cluster at least this often [30s]
-  --job-poll-wait DUR               Pull mode: how long one long-poll for jobs waits [30s]";
+  --job-poll-wait DUR               Pull mode: how long one long-poll for jobs waits [30s]
+  --velero-namespace NS             where Velero runs, for Cluster.status.veleroVersion [velero]";
 
 /// Parse the arguments after the program name.
 pub fn parse(args: &[String]) -> Result<Command, String> {
@@ -189,6 +193,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             }
             "--cluster-resync" => o.cluster_resync = typed(flag, inline, &mut args)?,
             "--job-poll-wait" => o.job_poll_wait = typed(flag, inline, &mut args)?,
+            "--velero-namespace" => o.velero_namespace = value(flag, inline, &mut args)?,
             "--watch-namespace" => {
                 o.watch_namespace = Some(value(flag, inline, &mut args)?).filter(|n| !n.is_empty());
             }

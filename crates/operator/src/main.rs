@@ -287,7 +287,10 @@ async fn run(opts: Options) -> Result<ExitCode> {
         readiness: readiness.clone(),
         link: link_rx,
         audit: audit_rx,
-        discovery: controllers::cluster::Discovery::new(opts.cluster_resync.as_duration()),
+        discovery: controllers::cluster::Discovery::new(
+            opts.cluster_resync.as_duration(),
+            opts.velero_namespace.clone(),
+        ),
         resync: opts.cluster_resync.as_duration(),
         written: cluster_written,
         metrics: cluster_metrics,

@@ -12,6 +12,7 @@ use serde_json::json;
 use vworkspace_api::Cluster;
 use vworkspace_api::labels;
 use vworkspace_testkit::env::{TestEnv, poll_until, unique_suffix};
+use vworkspace_testkit::sim::velero::VeleroSimulator;
 
 mod common;
 
@@ -46,11 +47,15 @@ async fn cluster_status_reports_namespaces_controllers_crds_and_versions() -> Re
         )
         .await?;
     create_cluster(&env, &ns, "push").await?;
+    // Velero, simulated, answers ServerStatusRequests in its own namespace.
+    let velero_ns = env.fresh_unmanaged_namespace("velero").await?;
+    let _velero = VeleroSimulator::start(env.client.clone(), Some(&velero_ns));
+    let velero_flag = format!("--velero-namespace={velero_ns}");
     let mut op = spawn_operator(
         &env,
         &ns,
         &format!("op-{}", unique_suffix()),
-        &["--cluster-resync=1s"],
+        &["--cluster-resync=1s", &velero_flag],
     )?;
     let api: Api<Cluster> = Api::namespaced(env.client.clone(), &ns);
 
@@ -92,10 +97,15 @@ async fn cluster_status_reports_namespaces_controllers_crds_and_versions() -> Re
         condition(&cluster, "EventBufferOverflow")
             == Some(("False".into(), "BufferWithinCapacity".into()))
     );
-    ensure!(
-        s.velero_version.is_none(),
-        "no Velero here: reported absent"
-    );
+    poll_until(
+        LIMIT,
+        "veleroVersion from a ServerStatusRequest",
+        || async {
+            let v = api.get(CLUSTER_ID).await.ok()?.status?.velero_version?;
+            (v == "v1.14.0").then_some(())
+        },
+    )
+    .await?;
     ensure!(s.audit_stream.is_some(), "auditStream summary present");
 
     // The managed-namespaces gauge counts what the status lists.
@@ -128,16 +138,20 @@ async fn cluster_status_reports_namespaces_controllers_crds_and_versions() -> Re
     .await?;
 
     // Settled, a resync writes nothing: the resourceVersion stays put.
-    let before = api.get(CLUSTER_ID).await?.metadata.resource_version;
+    let before_obj = api.get(CLUSTER_ID).await?;
+    let before = before_obj.metadata.resource_version.clone();
     let settled_reconciles = reconciles(&op.metrics().await?);
     poll_until(LIMIT, "three more resyncs", || async {
         (reconciles(&op.metrics().await.ok()?) >= settled_reconciles + 3.0).then_some(())
     })
     .await?;
-    let after = api.get(CLUSTER_ID).await?.metadata.resource_version;
+    let after_obj = api.get(CLUSTER_ID).await?;
+    let after = after_obj.metadata.resource_version.clone();
     ensure!(
         before == after,
-        "an idle resync rewrote the status ({before:?} -> {after:?})"
+        "an idle resync rewrote the status ({before:?} -> {after:?}): {} -> {}",
+        serde_json::to_string(&before_obj.status)?,
+        serde_json::to_string(&after_obj.status)?
     );
     op.ensure_running()?;
     Ok(())

@@ -158,6 +158,14 @@ fn names_groups_versions_and_scope() {
             &[],
         ),
         (
+            "serverstatusrequests.velero.io",
+            "velero.io",
+            "v1",
+            "ServerStatusRequest",
+            "serverstatusrequests",
+            &[],
+        ),
+        (
             "workflows.argoproj.io",
             "argoproj.io",
             "v1alpha1",

@@ -197,3 +197,35 @@ pub struct RestoreProgress {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub items_restored: Option<i64>,
 }
+
+/// A Velero `ServerStatusRequest` (velero.io/v1): created in Velero's namespace, answered
+/// by the Velero server with its version. The Cluster controller reads
+/// `Cluster.status.veleroVersion` this way; Velero deletes processed requests after a
+/// minute.
+#[derive(CustomResource, Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "velero.io",
+    version = "v1",
+    kind = "ServerStatusRequest",
+    plural = "serverstatusrequests",
+    namespaced,
+    status = "ServerStatusRequestStatus",
+    derive = "PartialEq",
+    doc = "Velero ServerStatusRequest (lenient test double of the upstream CRD)."
+)]
+pub struct ServerStatusRequestSpec {}
+
+/// What the Velero server answered.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerStatusRequestStatus {
+    /// `New` or `Processed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    /// The server's version, e.g. `v1.14.0`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_version: Option<String>,
+    /// When the server answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub processed_timestamp: Option<Time>,
+}

@@ -33,6 +33,7 @@ use tokio::sync::watch;
 use vworkspace_api::cluster::{Cluster, ManagedNamespace};
 use vworkspace_api::conditions::errors;
 use vworkspace_api::labels::{ALLOWED_OPERATION_TEMPLATES, FIELD_MANAGER_OPERATOR};
+use vworkspace_api::thirdparty::velero::ServerStatusRequest;
 use vworkspace_reconcile::cluster::{self as plan, AuditView, CrdCheck, LinkView, Observed};
 use vworkspace_runtime::{Action, ErrorCategory, Event, Readiness};
 use vworkspace_telemetry::metrics::ClusterMetrics;
@@ -80,22 +81,113 @@ pub struct Context {
 #[derive(Debug)]
 pub struct Discovery {
     interval: Duration,
+    velero_namespace: String,
     last: Mutex<Option<(Instant, Found)>>,
+    velero: Mutex<VeleroProbe>,
 }
 
 #[derive(Debug, Clone)]
 struct Found {
     crds: CrdCheck,
     flux_version: Option<String>,
+    velero_version: Option<String>,
 }
 
+/// Velero tells its version only in answer to a ServerStatusRequest: one is created,
+/// read back at the next discovery, and deleted once answered.
+#[derive(Debug, Default)]
+struct VeleroProbe {
+    pending: Option<String>,
+    version: Option<String>,
+    answered_at: Option<Instant>,
+}
+
+/// How long a version Velero told stays trusted before asking again (an upgrade of
+/// Velero shows within this; asking costs a create and a delete).
+const VELERO_REPROBE: Duration = Duration::from_secs(600);
+
+/// Prefix of the ServerStatusRequests the operator creates.
+const SERVER_STATUS_REQUEST_PREFIX: &str = "vworkspace-operator-";
+/// The CRD that says Velero is installed.
+const VELERO_CRD: &str = "serverstatusrequests.velero.io";
+
 impl Discovery {
-    /// Discovery refreshed at most every `interval`.
-    pub fn new(interval: Duration) -> Self {
+    /// Discovery refreshed at most every `interval`; Velero looked for in
+    /// `velero_namespace`.
+    pub fn new(interval: Duration, velero_namespace: impl Into<String>) -> Self {
         Self {
             interval,
+            velero_namespace: velero_namespace.into(),
             last: Mutex::new(None),
+            velero: Mutex::new(VeleroProbe::default()),
         }
+    }
+
+    /// Velero's version: `None` while Velero is not installed (its CRD is absent) or has
+    /// not answered yet. Failures leave the last known version in place.
+    async fn velero_version(&self, client: &Client) -> Option<String> {
+        let crds = Api::<CustomResourceDefinition>::all(client.clone());
+        let installed = match crds.get_metadata_opt(VELERO_CRD).await {
+            Ok(crd) => crd.is_some(),
+            Err(err) => {
+                tracing::debug!(error = %err, "cannot look for Velero's CRD");
+                return self
+                    .velero
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .version
+                    .clone();
+            }
+        };
+        let mut probe = {
+            let mut guard = self.velero.lock().unwrap_or_else(PoisonError::into_inner);
+            std::mem::take(&mut *guard)
+        };
+        if !installed {
+            return None;
+        }
+        let api: Api<ServerStatusRequest> = Api::namespaced(client.clone(), &self.velero_namespace);
+        match probe.pending.clone() {
+            Some(name) => match api.get_opt(&name).await {
+                Ok(Some(answered))
+                    if answered.status.as_ref().and_then(|s| s.phase.as_deref())
+                        == Some("Processed") =>
+                {
+                    probe.version = answered.status.and_then(|s| s.server_version);
+                    probe.pending = None;
+                    probe.answered_at = Some(Instant::now());
+                    let _ = api.delete(&name, &Default::default()).await;
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => probe.pending = None,
+                Err(err) => tracing::debug!(error = %err, "cannot read the ServerStatusRequest"),
+            },
+            None if probe.version.is_some()
+                && probe
+                    .answered_at
+                    .is_some_and(|at| at.elapsed() < VELERO_REPROBE) => {}
+            None => {
+                let request = ServerStatusRequest {
+                    metadata: kube::api::ObjectMeta {
+                        generate_name: Some(SERVER_STATUS_REQUEST_PREFIX.to_owned()),
+                        ..Default::default()
+                    },
+                    spec: Default::default(),
+                    status: None,
+                };
+                match api.create(&Default::default(), &request).await {
+                    Ok(created) => probe.pending = created.metadata.name,
+                    Err(err) => tracing::debug!(
+                        error = %err,
+                        namespace = %self.velero_namespace,
+                        "cannot ask Velero for its version"
+                    ),
+                }
+            }
+        }
+        let version = probe.version.clone();
+        *self.velero.lock().unwrap_or_else(PoisonError::into_inner) = probe;
+        version
     }
 
     async fn get(&self, client: &Client) -> Result<Found, Error> {
@@ -112,7 +204,12 @@ impl Discovery {
             .await
             .map_err(Error::Discovery)?
             .and_then(|crd| crd.labels().get(FLUX_VERSION_LABEL).cloned());
-        let found = Found { crds, flux_version };
+        let velero_version = self.velero_version(client).await;
+        let found = Found {
+            crds,
+            flux_version,
+            velero_version,
+        };
         *self.last.lock().unwrap_or_else(PoisonError::into_inner) =
             Some((Instant::now(), found.clone()));
         Ok(found)
@@ -193,7 +290,7 @@ pub async fn reconcile(event: Event<Cluster>, ctx: Arc<Context>) -> Result<Actio
         generation: obj.metadata.generation,
         operator_version: ctx.operator_version.clone(),
         flux_version: found.flux_version,
-        velero_version: None,
+        velero_version: found.velero_version,
         managed_namespaces: ctx
             .namespaces
             .state()

@@ -63,6 +63,14 @@ pub fn backup_resource() -> ApiResource {
     )
 }
 
+/// `velero.io/v1` `ServerStatusRequest`.
+pub fn server_status_request_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("velero.io", "v1", "ServerStatusRequest"),
+        "serverstatusrequests",
+    )
+}
+
 /// `velero.io/v1` `Restore`.
 pub fn restore_resource() -> ApiResource {
     ApiResource::from_gvk_with_plural(
@@ -107,6 +115,8 @@ pub struct VeleroOptions {
     pub warnings: i64,
     /// Progress writes while `InProgress` (at least 1; the last one is the end).
     pub steps: u32,
+    /// The version a `ServerStatusRequest` is answered with.
+    pub server_version: String,
 }
 
 impl Default for VeleroOptions {
@@ -117,6 +127,7 @@ impl Default for VeleroOptions {
             backup_size_bytes: 19_756_849_562, // 18.4 GiB
             partial_errors: 2,
             warnings: 0,
+            server_version: "v1.14.0".to_owned(),
             steps: 4,
         }
     }
@@ -137,6 +148,7 @@ pub struct VeleroSimulator {
     client: Client,
     namespace: Option<String>,
     sizes: Sizes,
+    server_version: String,
     shared: Arc<Shared>,
     drivers: Drivers,
 }
@@ -170,6 +182,7 @@ impl VeleroSimulator {
             client,
             namespace: namespace.map(str::to_owned),
             sizes,
+            server_version: options.server_version,
             shared: Shared::new(options.sim),
             drivers: Drivers::new(),
         };
@@ -190,6 +203,26 @@ impl VeleroSimulator {
                 move |job| run(job, kind, sizes),
             );
         }
+        // The server answers ServerStatusRequests with its version, as Velero does.
+        let version = self.server_version.clone();
+        drivers.spawn(
+            &self.client,
+            self.namespace.as_deref(),
+            server_status_request_resource(),
+            self.shared.clone(),
+            unanswered,
+            move |job| {
+                let version = version.clone();
+                async move {
+                    job.write(json!({
+                        "phase": "Processed",
+                        "serverVersion": version,
+                        "processedTimestamp": now_rfc3339(),
+                    }))
+                    .await
+                }
+            },
+        );
         self.drivers = drivers;
     }
 
@@ -307,6 +340,10 @@ fn phase(obj: &DynamicObject) -> &str {
 /// New objects get the whole run; objects left finalizing (by a restart) are finished.
 /// One key for both: a run's own `Finalizing` write, seen after the run ended, must not
 /// start a second job.
+fn unanswered(obj: &DynamicObject) -> Option<String> {
+    (phase(obj) != "Processed").then(|| "velero".to_owned())
+}
+
 fn wants(obj: &DynamicObject) -> Option<String> {
     match phase(obj) {
         "" | "New" | "Finalizing" | "FinalizingPartiallyFailed" => Some("velero".to_owned()),
