@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, Result};
 use k8s_openapi::api::core::v1::Namespace;
+use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
@@ -118,7 +119,7 @@ async fn run(opts: Options) -> Result<ExitCode> {
         .map(|(ty, engine)| Ok((ty.as_str().parse()?, engine.as_str().parse()?)))
         .collect::<Result<Vec<_>, ParseLabelError>>()
         .context("the operation catalog names a type or engine the metrics do not know")?;
-    let _operation_metrics = OperationMetrics::register(&mut registry, operation_kinds);
+    let operation_metrics = OperationMetrics::register(&mut registry, operation_kinds);
     let _agent_metrics = AgentMetrics::register(&mut registry);
     let cluster_metrics = ClusterMetrics::register(&mut registry);
     let runtime_metrics = RuntimeMetrics::register(&mut registry);
@@ -237,8 +238,90 @@ async fn run(opts: Options) -> Result<ExitCode> {
             ControllerLabel::ApplicationInstance,
         ));
 
+    // --- Operation controller (begin) ---
+    let op_api = match &opts.watch_namespace {
+        Some(ns) => Api::<vworkspace_api::Operation>::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let op_controller = Controller::new(controllers::operation::NAME, op_api, &runtime_metrics);
+    let operation_store = op_controller.store(); // read by the Pull-mode replay
+    let _ = &operation_store;
+    let op_children =
+        controllers::operation::ChildWatches::new(&client, opts.watch_namespace.as_deref());
+    // The catalog ConfigMap lives in the operator's own namespace.
+    let catalog_config = SharedWatch::new(
+        Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client.clone(), &opts.namespace),
+        watcher::Config::default().fields(&format!(
+            "metadata.name={}",
+            vworkspace_reconcile::catalog::CONFIGMAP_NAME
+        )),
+    );
+    let (op_requeue, op_requeued) = controllers::operation::requeue_channel();
+    let op_ctx = Arc::new(controllers::operation::Context {
+        client: client.clone(),
+        publisher: publisher.clone(),
+        metrics: operation_metrics,
+        operations: operation_store.clone(),
+        namespaces: namespaces.store(),
+        instances: ai_controller.store(),
+        releases: releases.clone(),
+        children: op_children.clone(),
+        catalog_config: catalog_config.store(),
+        catalog: Default::default(),
+        written: Default::default(),
+        applied: Default::default(),
+        requeue: op_requeue,
+    });
+    let op_controller = {
+        use controllers::operation::{in_namespace, owner_mapper as owner, targeting};
+        let s = operation_store.clone();
+        let by_instance = move |ai: &ApplicationInstance| {
+            targeting(&s, ai.metadata.namespace.as_deref(), &ai.name_any())
+        };
+        let s = operation_store.clone();
+        let by_release = move |hr: &HelmRelease| match hr.labels().get(labels::APPLICATION_INSTANCE)
+        {
+            Some(instance) => targeting(&s, hr.metadata.namespace.as_deref(), instance),
+            None => Vec::new(),
+        };
+        let s = operation_store.clone();
+        op_controller
+            .watches_shared(&op_children.backups, owner(&operation_store))
+            .watches_shared(&op_children.restores, owner(&operation_store))
+            .watches_shared(&op_children.workflows, owner(&operation_store))
+            .watches_shared(&op_children.jobs, owner(&operation_store))
+            .watches_shared(&op_children.replication_sources, owner(&operation_store))
+            .watches_shared(&op_children.snapshots, owner(&operation_store))
+            .watches_shared(&namespaces, move |ns: &Namespace| in_namespace(&s, ns))
+            .watches_shared(&releases, by_release)
+            .watches_shared(
+                &catalog_config,
+                |_: &k8s_openapi::api::core::v1::ConfigMap| None,
+            )
+            .watches_with(
+                match &opts.watch_namespace {
+                    Some(ns) => Api::<ApplicationInstance>::namespaced(client.clone(), ns),
+                    None => Api::all(client.clone()),
+                },
+                watcher::Config::default(),
+                by_instance,
+            )
+            .triggered_by(op_requeued)
+            .triggered_by(controllers::operation::engine_appeared(
+                op_children.clone(),
+                operation_store.clone(),
+            ))
+            .ignore_primary_changes({
+                let written = op_ctx.written.clone();
+                move |obj: &vworkspace_api::Operation| written.is_own_write(obj)
+            })
+            .max_concurrent_reconciles(opts.max_concurrent_reconciles.get())
+            .on_reconcile(spec_metrics(&reconcile_metrics, ControllerLabel::Operation))
+    };
+    // --- Operation controller (end) ---
     let readiness = Readiness::new();
     readiness.add(ai_controller.status());
+    readiness.add(op_controller.status());
 
     // The Cluster controller: the one writer of Cluster status. It reports what the
     // other controllers, the namespaces, discovery and (in Pull mode) the link show.
@@ -357,7 +440,7 @@ async fn run(opts: Options) -> Result<ExitCode> {
     }
 
     tracing::info!(
-        controllers = "applicationinstance,cluster",
+        controllers = "applicationinstance,operation,cluster",
         "starting controllers"
     );
     let (abort_all, _) = tokio::sync::broadcast::channel::<()>(1);
@@ -369,7 +452,12 @@ async fn run(opts: Options) -> Result<ExitCode> {
             })
             .drain_timeout(opts.graceful_shutdown_timeout.as_duration())
     };
-    let controller_task = tokio::spawn(futures::future::join(
+    let controller_task = tokio::spawn(futures::future::join3(
+        op_controller.run(
+            controllers::operation::reconcile,
+            op_ctx,
+            stop(abort_all.subscribe()),
+        ),
         ai_controller.run(
             controllers::application_instance::reconcile,
             ai_ctx,
