@@ -117,6 +117,23 @@ async fn create_operation(
         .await?)
 }
 
+/// Delete every Operation of `ns` while its operator runs, and wait until they are
+/// gone: a Velero Operation carries a finalizer that only the operator removes, and one
+/// left behind would keep its namespace (and the CRD) from ever being deleted.
+async fn delete_operations(env: &TestEnv, ns: &str) -> Result<()> {
+    let ops: Api<Operation> = Api::namespaced(env.client.clone(), ns);
+    ops.delete_collection(&DeleteParams::default(), &ListParams::default())
+        .await?;
+    poll_until(LIMIT, "every Operation deleted", || async {
+        ops.list(&ListParams::default())
+            .await
+            .ok()
+            .filter(|l| l.items.is_empty())
+            .map(|_| ())
+    })
+    .await
+}
+
 fn phase(op: &Operation) -> Option<OperationPhase> {
     op.status.as_ref()?.phase
 }
@@ -374,6 +391,7 @@ async fn engine_failures_end_the_operation_failed() -> Result<()> {
         (v == 1.0 && w == 1.0).then_some(())
     })
     .await?;
+    delete_operations(&s.env, &s.ns).await?;
     Ok(())
 }
 
@@ -526,6 +544,7 @@ async fn preconditions_block_and_clear() -> Result<()> {
         .map(|e| &e["event_id"])
         .collect();
     ensure!(!blocked_ids.is_empty(), "audit of the second: {audit:?}");
+    delete_operations(&s.env, &s.ns).await?;
     Ok(())
 }
 
@@ -591,6 +610,7 @@ async fn timeout_and_cancel() -> Result<()> {
     let w = workflows.get(&child.name).await?;
     let shutdown = serde_json::to_value(&w)?["spec"]["shutdown"].clone();
     assert_eq!(shutdown, "Terminate");
+    delete_operations(&s.env, &s.ns).await?;
     Ok(())
 }
 
@@ -686,9 +706,7 @@ async fn operations_survive_operator_kills() -> Result<()> {
         .list(&ListParams::default())
         .await?
         .items;
-    // Let the last operator hand its audit events to the file.
-    op.terminate();
-    let audit = op.audit_events()?;
+    let mut uids = Vec::new();
     for o in &list.items {
         let name = o.name_any();
         let uid = o.uid().context("uid")?;
@@ -720,6 +738,13 @@ async fn operations_survive_operator_kills() -> Result<()> {
             })
             .count();
         ensure!(terminal_events == 1, "{name}: events {reasons:?}");
+        uids.push((name, uid));
+    }
+    delete_operations(&s.env, &s.ns).await?;
+    // Let the last operator hand its audit events to the file.
+    op.terminate();
+    let audit = op.audit_events()?;
+    for (name, uid) in &uids {
         let terminal_audit = audit
             .iter()
             .filter(|e| e["operation_id"] == uid.as_str() && e["kind"] == "OperationSucceeded")
