@@ -245,7 +245,6 @@ async fn run(opts: Options) -> Result<ExitCode> {
     };
     let op_controller = Controller::new(controllers::operation::NAME, op_api, &runtime_metrics);
     let operation_store = op_controller.store(); // read by the Pull-mode replay
-    let _ = &operation_store;
     let op_children =
         controllers::operation::ChildWatches::new(&client, opts.watch_namespace.as_deref());
     // The catalog ConfigMap lives in the operator's own namespace.
