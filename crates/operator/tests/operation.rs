@@ -761,3 +761,71 @@ async fn operations_survive_operator_kills() -> Result<()> {
     }
     Ok(())
 }
+
+/// The catalog ConfigMap: an invalid one is reported on itself and the built-in catalog
+/// stays in force; a valid one overrides (here: the image a command runs in).
+#[tokio::test]
+async fn the_catalog_configmap_overrides_or_is_reported() -> Result<()> {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let s = setup("opcat", "runcommand.job", true).await?;
+    let maps: Api<ConfigMap> = Api::namespaced(s.env.client.clone(), &s.ns);
+    maps.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({
+            "metadata": { "name": "vworkspace-operation-catalog" },
+            "data": { "no.such.template": "timeout: 5m" }
+        }))?,
+    )
+    .await?;
+    // Without an image (the built-in catalog pins none) the command cannot run.
+    create_operation(
+        &s.env,
+        &s.ns,
+        "noimage",
+        "RunCommand",
+        "runcommand.job",
+        json!({ "parameters": { "command": "echo hi" } }),
+    )
+    .await?;
+    let failed = wait_phase(&s.env, &s.ns, "noimage", OperationPhase::Failed).await?;
+    assert_eq!(
+        failed.status.as_ref().and_then(|s| s.reason.as_deref()),
+        Some("InvalidParameters")
+    );
+    let warned = poll_until(LIMIT, "the Warning Event on the ConfigMap", || async {
+        let got = events(&s.env, &s.ns, "vworkspace-operation-catalog")
+            .await
+            .ok()?;
+        got.into_iter()
+            .find(|(r, _)| r == "OperationCatalogInvalid")
+    })
+    .await?;
+    assert!(warned.1.contains("no.such.template"), "{warned:?}");
+
+    maps.patch(
+        "vworkspace-operation-catalog",
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "data": { "no.such.template": null, "runcommand.job": "image: busybox:1.36" } })),
+    )
+    .await?;
+    create_operation(
+        &s.env,
+        &s.ns,
+        "withimage",
+        "RunCommand",
+        "runcommand.job",
+        json!({ "parameters": { "command": "echo hi" } }),
+    )
+    .await?;
+    let done = wait_phase(&s.env, &s.ns, "withimage", OperationPhase::Succeeded).await?;
+    let child = done.status.and_then(|s| s.child_ref).context("childRef")?;
+    let job = Api::<Job>::namespaced(s.env.client.clone(), &s.ns)
+        .get(&child.name)
+        .await?;
+    let image = job
+        .spec
+        .and_then(|s| s.template.spec)
+        .and_then(|p| p.containers.first().and_then(|c| c.image.clone()));
+    assert_eq!(image.as_deref(), Some("busybox:1.36"));
+    Ok(())
+}
