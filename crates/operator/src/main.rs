@@ -314,6 +314,7 @@ async fn run(opts: Options) -> Result<ExitCode> {
                 let written = op_ctx.written.clone();
                 move |obj: &vworkspace_api::Operation| written.is_own_write(obj)
             })
+            .report_errors(controllers::operation::reporter(Arc::clone(&op_ctx)))
             .max_concurrent_reconciles(opts.max_concurrent_reconciles.get())
             .on_reconcile(spec_metrics(&reconcile_metrics, ControllerLabel::Operation))
     };

@@ -1191,15 +1191,24 @@ async fn current_catalog(ctx: &Context) -> Arc<Catalog> {
             configmap = %cm.name_any(),
             "the operation catalog ConfigMap is invalid; the built-in catalog stays in force: {err}"
         );
-        warn_on(ctx, cm.as_ref(), err.category(), &err.to_string()).await;
+        warn_on(
+            ctx,
+            cm.as_ref(),
+            "catalog",
+            err.category(),
+            &err.to_string(),
+        )
+        .await;
     }
     catalog
 }
 
-/// A Warning Event on `obj` (not a transition: no audit event).
+/// A Warning Event on `obj` (not a transition: no audit event), at most one per
+/// (`tag`, resourceVersion of `obj`).
 async fn warn_on<K: Resource<DynamicType = ()>>(
     ctx: &Context,
     obj: &K,
+    tag: &str,
     reason: &str,
     message: &str,
 ) {
@@ -1211,10 +1220,12 @@ async fn warn_on<K: Resource<DynamicType = ()>>(
     let rv = obj.meta().resource_version.clone().unwrap_or_default();
     let event = KubeEvent {
         metadata: ObjectMeta {
-            // One per resourceVersion: a second operator start writes the same name (409).
+            // One per tag and resourceVersion: a repeat (another retry, a second
+            // operator start) writes the same name and is answered 409.
             name: Some(format!(
-                "{}.catalog-{rv}",
-                obj.meta().name.clone().unwrap_or_default()
+                "{}.{}-{rv}",
+                obj.meta().name.clone().unwrap_or_default(),
+                tag.to_ascii_lowercase()
             )),
             namespace: Some(namespace.clone()),
             ..ObjectMeta::default()
@@ -1242,6 +1253,33 @@ async fn warn_on<K: Resource<DynamicType = ()>>(
         Ok(_) => {}
         Err(e) if api_code(&e) == Some(409) => {}
         Err(e) => tracing::warn!(error = %e, "cannot write the catalog Warning Event"),
+    }
+}
+
+/// The runtime's report path for this controller: a failed reconcile (the API server
+/// refusing a step or a status write, after the retries the runtime schedules) is logged
+/// by the runtime and shown on the Operation as a Warning Event with the error's category
+/// as reason, once per category and resourceVersion of the Operation.
+pub fn reporter(
+    ctx: Arc<Context>,
+) -> impl Fn(Arc<Operation>, vworkspace_runtime::ErrorReport) -> futures::future::BoxFuture<'static, ()>
++ Send
++ Sync {
+    move |obj, report| {
+        let ctx = Arc::clone(&ctx);
+        Box::pin(async move {
+            let uid = obj.metadata.uid.clone().unwrap_or_default();
+            let span = tracing::info_span!("operation", operation_id = %uid);
+            warn_on(
+                &ctx,
+                obj.as_ref(),
+                report.category,
+                report.category,
+                &report.message,
+            )
+            .instrument(span)
+            .await;
+        })
     }
 }
 
