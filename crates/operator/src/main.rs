@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, Result};
 use k8s_openapi::api::core::v1::Namespace;
+use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
@@ -118,7 +119,7 @@ async fn run(opts: Options) -> Result<ExitCode> {
         .map(|(ty, engine)| Ok((ty.as_str().parse()?, engine.as_str().parse()?)))
         .collect::<Result<Vec<_>, ParseLabelError>>()
         .context("the operation catalog names a type or engine the metrics do not know")?;
-    let _operation_metrics = OperationMetrics::register(&mut registry, operation_kinds);
+    let operation_metrics = OperationMetrics::register(&mut registry, operation_kinds);
     let agent_metrics = AgentMetrics::register(&mut registry);
     agent_metrics.register_beyond_spec(&mut registry);
     let cluster_metrics = ClusterMetrics::register(&mut registry);
@@ -243,6 +244,88 @@ async fn run(opts: Options) -> Result<ExitCode> {
             ControllerLabel::ApplicationInstance,
         ));
 
+    // --- Operation controller (begin) ---
+    let op_api = match &opts.watch_namespace {
+        Some(ns) => Api::<vworkspace_api::Operation>::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let op_controller = Controller::new(controllers::operation::NAME, op_api, &runtime_metrics);
+    // Also read by the Pull-mode replay.
+    let operation_store = op_controller.store();
+    let op_children =
+        controllers::operation::ChildWatches::new(&client, opts.watch_namespace.as_deref());
+    // The catalog ConfigMap lives in the operator's own namespace.
+    let catalog_config = SharedWatch::new(
+        Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client.clone(), &opts.namespace),
+        watcher::Config::default().fields(&format!(
+            "metadata.name={}",
+            vworkspace_reconcile::catalog::CONFIGMAP_NAME
+        )),
+    );
+    let (op_requeue, op_requeued) = controllers::operation::requeue_channel();
+    let op_ctx = Arc::new(controllers::operation::Context {
+        client: client.clone(),
+        publisher: publisher.clone(),
+        metrics: operation_metrics,
+        operations: operation_store.clone(),
+        namespaces: namespaces.store(),
+        instances: ai_controller.store(),
+        releases: releases.clone(),
+        children: op_children.clone(),
+        catalog_config: catalog_config.store(),
+        catalog: Default::default(),
+        written: Default::default(),
+        applied: Default::default(),
+        requeue: op_requeue,
+    });
+    let op_controller = {
+        use controllers::operation::{in_namespace, owner_mapper as owner, targeting};
+        let s = operation_store.clone();
+        let by_instance = move |ai: &ApplicationInstance| {
+            targeting(&s, ai.metadata.namespace.as_deref(), &ai.name_any())
+        };
+        let s = operation_store.clone();
+        let by_release = move |hr: &HelmRelease| match hr.labels().get(labels::APPLICATION_INSTANCE)
+        {
+            Some(instance) => targeting(&s, hr.metadata.namespace.as_deref(), instance),
+            None => Vec::new(),
+        };
+        let s = operation_store.clone();
+        op_controller
+            .watches_shared(&op_children.backups, owner(&operation_store))
+            .watches_shared(&op_children.restores, owner(&operation_store))
+            .watches_shared(&op_children.workflows, owner(&operation_store))
+            .watches_shared(&op_children.jobs, owner(&operation_store))
+            .watches_shared(&op_children.replication_sources, owner(&operation_store))
+            .watches_shared(&op_children.snapshots, owner(&operation_store))
+            .watches_shared(&namespaces, move |ns: &Namespace| in_namespace(&s, ns))
+            .watches_shared(&releases, by_release)
+            .watches_shared(
+                &catalog_config,
+                |_: &k8s_openapi::api::core::v1::ConfigMap| None,
+            )
+            .watches_with(
+                match &opts.watch_namespace {
+                    Some(ns) => Api::<ApplicationInstance>::namespaced(client.clone(), ns),
+                    None => Api::all(client.clone()),
+                },
+                watcher::Config::default(),
+                by_instance,
+            )
+            .triggered_by(op_requeued)
+            .triggered_by(controllers::operation::engine_appeared(
+                op_children.clone(),
+                operation_store.clone(),
+            ))
+            .ignore_primary_changes({
+                let written = op_ctx.written.clone();
+                move |obj: &vworkspace_api::Operation| written.is_own_write(obj)
+            })
+            .report_errors(controllers::operation::reporter(Arc::clone(&op_ctx)))
+            .max_concurrent_reconciles(opts.max_concurrent_reconciles.get())
+            .on_reconcile(spec_metrics(&reconcile_metrics, ControllerLabel::Operation))
+    };
+    // --- Operation controller (end) ---
     let readiness = Readiness::new();
     readiness.add(ai_controller.status());
     let instance_store = ai_controller.store();
@@ -268,6 +351,7 @@ async fn run(opts: Options) -> Result<ExitCode> {
             move |_: &Namespace| Some(key.clone())
         })
         .triggered_by(controllers::cluster::triggers(
+            clusters.clone(),
             cluster_key.clone(),
             link_rx.clone(),
             audit_rx.clone(),
@@ -278,6 +362,10 @@ async fn run(opts: Options) -> Result<ExitCode> {
             move |obj: &Cluster| controllers::cluster::is_own_write(&written, obj)
         })
         .on_reconcile(spec_metrics(&reconcile_metrics, ControllerLabel::Cluster));
+    // In /readyz, but not among the Cluster controller's triggers: each of its dozen
+    // watches syncing would reconcile the Cluster once more. ControllersHealthy still
+    // reads it at every Cluster reconcile.
+    readiness.add(op_controller.status());
     let cluster_ctx = Arc::new(controllers::cluster::Context {
         client: client.clone(),
         publisher: publisher.clone(),
@@ -376,7 +464,7 @@ async fn run(opts: Options) -> Result<ExitCode> {
     }
 
     tracing::info!(
-        controllers = "applicationinstance,cluster",
+        controllers = "applicationinstance,operation,cluster",
         "starting controllers"
     );
     let (abort_all, _) = tokio::sync::broadcast::channel::<()>(1);
@@ -388,7 +476,12 @@ async fn run(opts: Options) -> Result<ExitCode> {
             })
             .drain_timeout(opts.graceful_shutdown_timeout.as_duration())
     };
-    let controller_task = tokio::spawn(futures::future::join(
+    let controller_task = tokio::spawn(futures::future::join3(
+        op_controller.run(
+            controllers::operation::reconcile,
+            op_ctx,
+            stop(abort_all.subscribe()),
+        ),
         ai_controller.run(
             controllers::application_instance::reconcile,
             ai_ctx,
@@ -414,7 +507,7 @@ async fn run(opts: Options) -> Result<ExitCode> {
             shipper: shipper.clone(),
             sink: shipper_sink,
             instances: instance_store,
-            operations: None,
+            operations: Some(operation_store.clone()),
             metrics: agent_metrics.clone(),
             readiness: controlplane_check,
             link_tx,

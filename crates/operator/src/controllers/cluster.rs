@@ -240,8 +240,10 @@ impl ErrorCategory for Error {
 }
 
 /// The triggers that are not API objects: link, audit stream and controller health
-/// changes all reconcile the one Cluster.
+/// changes all reconcile the one Cluster — once it exists (before, there is nothing to
+/// report on, and its creation reconciles it).
 pub fn triggers(
+    clusters: Store<Cluster>,
     key: ObjectRef<Cluster>,
     link: watch::Receiver<Option<LinkView>>,
     audit: watch::Receiver<AuditView>,
@@ -255,7 +257,11 @@ pub fn triggers(
         .map(|s| tokio_stream_from(s.subscribe()))
         .collect::<Vec<_>>();
     futures::stream::select_all([link, audit].into_iter().chain(health).collect::<Vec<_>>())
-        .map(move |()| key.clone())
+        .filter_map(move |()| {
+            let key = key.clone();
+            let exists = clusters.get(&key).is_some();
+            async move { exists.then_some(key) }
+        })
 }
 
 /// A stream that yields once per change of `rx` (changes in between coalesce).

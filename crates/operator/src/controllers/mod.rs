@@ -2,3 +2,4 @@
 
 pub mod application_instance;
 pub mod cluster;
+pub mod operation;
