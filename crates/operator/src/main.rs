@@ -348,7 +348,9 @@ async fn run(opts: Options) -> Result<ExitCode> {
     let cluster_controller = cluster_controller
         .watches_shared(&namespaces, {
             let key = cluster_key.clone();
-            move |_: &Namespace| Some(key.clone())
+            let clusters = clusters.clone();
+            // Until the Cluster exists there is nothing to report on.
+            move |_: &Namespace| clusters.get(&key).map(|_| key.clone())
         })
         .triggered_by(controllers::cluster::triggers(
             clusters.clone(),
