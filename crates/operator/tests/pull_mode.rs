@@ -341,6 +341,36 @@ async fn jobs_timeline_outage_and_replay() -> Result<()> {
         .unwrap_or(0);
     ensure!(events_503 == 2, "both faults were hit and retried: {stats}");
 
+    // A 429 with Retry-After: waited out, then delivered.
+    cp.admin(reqwest::Method::DELETE, "/admin/stats", None)
+        .await?;
+    cp.admin(
+        reqwest::Method::POST,
+        "/admin/faults",
+        Some(json!({ "path": "events", "status": 429, "retry_after": 1, "count": 1 })),
+    )
+    .await?;
+    cp.enqueue("job-4", &instance_job(&ns, "fourth"))?;
+    wait_ready(&instances, "fourth").await?;
+    poll_until(
+        LIMIT,
+        "fourth's success delivered after the 429",
+        || async {
+            kinds_for(&cp.timeline().ok()?, "fourth")
+                .contains("ReconcileSucceeded")
+                .then_some(())
+        },
+    )
+    .await?;
+    let stats = cp.admin(reqwest::Method::GET, "/admin/stats", None).await?;
+    let events_429 = stats["requests"]["POST /api/agent/events"]["429"]
+        .as_u64()
+        .unwrap_or(0);
+    ensure!(
+        events_429 == 1,
+        "the 429 was answered once and retried: {stats}"
+    );
+
     // The control plane goes away while transitions happen.
     cp.stop().await;
     let api_direct: Api<ApplicationInstance> = instances.clone();
