@@ -223,6 +223,32 @@ fn kinds_for(timeline: &[AuditEvent], app: &str) -> BTreeSet<String> {
         .collect()
 }
 
+/// Sets `fault` on the events endpoint, creates instance `name` through a job, and
+/// waits until its success is in the timeline; answers how the events endpoint
+/// answered meanwhile (status code → count).
+async fn deliver_through_fault(
+    cp: &ControlPlane,
+    instances: &Api<ApplicationInstance>,
+    ns: &str,
+    name: &str,
+    fault: serde_json::Value,
+) -> Result<serde_json::Value> {
+    cp.admin(reqwest::Method::DELETE, "/admin/stats", None)
+        .await?;
+    cp.admin(reqwest::Method::POST, "/admin/faults", Some(fault))
+        .await?;
+    cp.enqueue(&format!("job-{name}"), &instance_job(ns, name))?;
+    wait_ready(instances, name).await?;
+    poll_until(LIMIT, &format!("{name}'s success delivered"), || async {
+        kinds_for(&cp.timeline().ok()?, name)
+            .contains("ReconcileSucceeded")
+            .then_some(())
+    })
+    .await?;
+    let stats = cp.admin(reqwest::Method::GET, "/admin/stats", None).await?;
+    Ok(stats["requests"]["POST /api/agent/events"].clone())
+}
+
 fn operator_flags() -> [&'static str; 2] {
     ["--job-poll-wait=2s", "--cluster-resync=1s"]
 }
@@ -315,60 +341,31 @@ async fn jobs_timeline_outage_and_replay() -> Result<()> {
     .await?;
 
     // Two 503s on the events endpoint: retried, nothing lost.
-    cp.admin(reqwest::Method::DELETE, "/admin/stats", None)
-        .await?;
-    cp.admin(
-        reqwest::Method::POST,
-        "/admin/faults",
-        Some(json!({ "path": "events", "status": 503, "count": 2 })),
+    let answered = deliver_through_fault(
+        &cp,
+        &instances,
+        &ns,
+        "third",
+        json!({ "path": "events", "status": 503, "count": 2 }),
     )
     .await?;
-    cp.enqueue("job-3", &instance_job(&ns, "third"))?;
-    wait_ready(&instances, "third").await?;
-    poll_until(
-        LIMIT,
-        "third's success delivered after the 503s",
-        || async {
-            kinds_for(&cp.timeline().ok()?, "third")
-                .contains("ReconcileSucceeded")
-                .then_some(())
-        },
-    )
-    .await?;
-    let stats = cp.admin(reqwest::Method::GET, "/admin/stats", None).await?;
-    let events_503 = stats["requests"]["POST /api/agent/events"]["503"]
-        .as_u64()
-        .unwrap_or(0);
-    ensure!(events_503 == 2, "both faults were hit and retried: {stats}");
+    ensure!(
+        answered["503"] == 2,
+        "both 503s were hit and retried: {answered}"
+    );
 
     // A 429 with Retry-After: waited out, then delivered.
-    cp.admin(reqwest::Method::DELETE, "/admin/stats", None)
-        .await?;
-    cp.admin(
-        reqwest::Method::POST,
-        "/admin/faults",
-        Some(json!({ "path": "events", "status": 429, "retry_after": 1, "count": 1 })),
+    let answered = deliver_through_fault(
+        &cp,
+        &instances,
+        &ns,
+        "fourth",
+        json!({ "path": "events", "status": 429, "retry_after": 1, "count": 1 }),
     )
     .await?;
-    cp.enqueue("job-4", &instance_job(&ns, "fourth"))?;
-    wait_ready(&instances, "fourth").await?;
-    poll_until(
-        LIMIT,
-        "fourth's success delivered after the 429",
-        || async {
-            kinds_for(&cp.timeline().ok()?, "fourth")
-                .contains("ReconcileSucceeded")
-                .then_some(())
-        },
-    )
-    .await?;
-    let stats = cp.admin(reqwest::Method::GET, "/admin/stats", None).await?;
-    let events_429 = stats["requests"]["POST /api/agent/events"]["429"]
-        .as_u64()
-        .unwrap_or(0);
     ensure!(
-        events_429 == 1,
-        "the 429 was answered once and retried: {stats}"
+        answered["429"] == 1,
+        "the 429 was answered once and retried: {answered}"
     );
 
     // The control plane goes away while transitions happen.

@@ -137,50 +137,7 @@ impl<C: kube::Resource<DynamicType = ()>> Applied<C> {
 }
 
 /// The resourceVersion each instance's last status write returned.
-///
-/// Two uses: a watch event carrying exactly that version is the controller's own write
-/// and needs no reconcile; and a cached object older than it is stale (the watch has not
-/// delivered the write yet), so the reconcile reads the object fresh instead of deciding
-/// on the old status. resourceVersions are compared as numbers — they are etcd
-/// revisions on every API server this runs on; one that is not a number is never
-/// trusted and leads to a GET.
-#[derive(Debug, Clone, Default)]
-pub struct WrittenVersions(Arc<Mutex<HashMap<ObjectRef<ApplicationInstance>, u64>>>);
-
-impl WrittenVersions {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectRef<ApplicationInstance>, u64>> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn record(&self, obj: &ApplicationInstance) {
-        if let Some(rv) = resource_version(obj) {
-            self.lock().insert(ObjectRef::from_obj(obj), rv);
-        }
-    }
-
-    fn forget(&self, key: &ObjectRef<ApplicationInstance>) {
-        self.lock().remove(key);
-    }
-
-    /// The watch event of `obj` is the controller's own last status write.
-    pub fn is_own_write(&self, obj: &ApplicationInstance) -> bool {
-        let written = self.lock().get(&ObjectRef::from_obj(obj)).copied();
-        written.is_some() && written == resource_version(obj)
-    }
-
-    /// The cached `obj` already includes the controller's last status write (or there
-    /// was none since the operator started: the initial list is fresh).
-    fn is_current(&self, obj: &ApplicationInstance) -> bool {
-        match self.lock().get(&ObjectRef::from_obj(obj)) {
-            None => true,
-            Some(written) => resource_version(obj).is_some_and(|rv| rv >= *written),
-        }
-    }
-}
-
-fn resource_version(obj: &ApplicationInstance) -> Option<u64> {
-    obj.metadata.resource_version.as_deref()?.parse().ok()
-}
+pub type WrittenVersions = super::written::WrittenVersions<ApplicationInstance>;
 
 /// Reconcile failures. Each has a stable category (metric label, condition reason and
 /// Event reason); `Display` says what was being done, the source says why.

@@ -3,3 +3,4 @@
 pub mod application_instance;
 pub mod cluster;
 pub mod operation;
+pub mod written;

@@ -190,57 +190,8 @@ struct CatalogInner {
     reported: HashSet<String>,
 }
 
-/// The resourceVersion each object's last status write returned: a watch event carrying
-/// exactly that version is our own write (no reconcile), and a cached object older than
-/// it is stale (read it fresh). resourceVersions are compared as numbers (etcd
-/// revisions); one that is not a number is never trusted and leads to a GET.
-#[derive(Debug)]
-pub struct WrittenVersions<K: Resource<DynamicType = ()>>(Arc<Mutex<HashMap<ObjectRef<K>, u64>>>);
-
-impl<K: Resource<DynamicType = ()>> Clone for WrittenVersions<K> {
-    fn clone(&self) -> Self {
-        Self(Arc::clone(&self.0))
-    }
-}
-
-impl<K: Resource<DynamicType = ()>> Default for WrittenVersions<K> {
-    fn default() -> Self {
-        Self(Arc::default())
-    }
-}
-
-fn version_of<K: Resource>(obj: &K) -> Option<u64> {
-    obj.meta().resource_version.as_deref()?.parse().ok()
-}
-
-impl<K: Resource<DynamicType = ()>> WrittenVersions<K> {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectRef<K>, u64>> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn record(&self, obj: &K) {
-        if let Some(rv) = version_of(obj) {
-            self.lock().insert(ObjectRef::from_obj(obj), rv);
-        }
-    }
-
-    fn forget(&self, key: &ObjectRef<K>) {
-        self.lock().remove(key);
-    }
-
-    /// The watch event of `obj` is the controller's own last status write.
-    pub fn is_own_write(&self, obj: &K) -> bool {
-        let written = self.lock().get(&ObjectRef::from_obj(obj)).copied();
-        written.is_some() && written == version_of(obj)
-    }
-
-    fn is_current(&self, obj: &K) -> bool {
-        match self.lock().get(&ObjectRef::from_obj(obj)) {
-            None => true,
-            Some(written) => version_of(obj).is_some_and(|rv| rv >= *written),
-        }
-    }
-}
+pub use super::written::WrittenVersions;
+use super::written::version_of;
 
 /// The children this controller applied, by (kind, namespace, name), until the cache
 /// holds a resourceVersion at least as new. Without it a reconcile right after a create
