@@ -808,16 +808,37 @@ async fn the_catalog_configmap_overrides_or_is_reported() -> Result<()> {
         &Patch::Merge(json!({ "data": { "no.such.template": null, "runcommand.job": "image: busybox:1.36" } })),
     )
     .await?;
-    create_operation(
-        &s.env,
-        &s.ns,
-        "withimage",
-        "RunCommand",
-        "runcommand.job",
-        json!({ "parameters": { "command": "echo hi" } }),
-    )
+    // The patched ConfigMap reaches the operator's cache on its own watch, with no
+    // ordering against the Operation's: an Operation created at once may still see the
+    // old catalog (and fail InvalidParameters, for good). Create one until one runs
+    // under the new catalog; that one must then have the overridden image.
+    let api: Api<Operation> = Api::namespaced(s.env.client.clone(), &s.ns);
+    let mut attempt = 0u32;
+    let done = poll_until(LIMIT, "an Operation under the overridden catalog", || {
+        attempt += 1;
+        let name = format!("withimage-{attempt}");
+        let (env, ns, api) = (&s.env, &s.ns, &api);
+        async move {
+            create_operation(
+                env,
+                ns,
+                &name,
+                "RunCommand",
+                "runcommand.job",
+                json!({ "parameters": { "command": "echo hi" } }),
+            )
+            .await
+            .ok()?;
+            let end = poll_until(LIMIT, &format!("{name} terminal"), || async {
+                let obj = api.get(&name).await.ok()?;
+                phase(&obj).filter(|p| p.is_terminal()).map(|p| (p, obj))
+            })
+            .await
+            .ok()?;
+            (end.0 == OperationPhase::Succeeded).then_some(end.1)
+        }
+    })
     .await?;
-    let done = wait_phase(&s.env, &s.ns, "withimage", OperationPhase::Succeeded).await?;
     let child = done.status.and_then(|s| s.child_ref).context("childRef")?;
     let job = Api::<Job>::namespaced(s.env.client.clone(), &s.ns)
         .get(&child.name)
