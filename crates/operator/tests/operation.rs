@@ -434,6 +434,34 @@ async fn runcommand_job_runs_for_real() -> Result<()> {
             || reasons == ["OperationAccepted", "OperationSucceeded"],
         "events on cmd: {got:?}"
     );
+
+    // A command whose pod exits 3 (kwok, steered by a pod annotation) with no retries:
+    // the Job fails with BackoffLimitExceeded and so does the Operation, in those words.
+    create_operation(
+        &s.env,
+        &s.ns,
+        "cmd-fails",
+        "RunCommand",
+        "runcommand.job",
+        json!({ "parameters": {
+            "image": "busybox:1.36",
+            "command": "exit 3",
+            "backoffLimit": 0,
+            "podAnnotations": { vworkspace_testkit::cluster::EXIT_CODE_ANNOTATION: "3" },
+        } }),
+    )
+    .await?;
+    let failed = wait_phase(&s.env, &s.ns, "cmd-fails", OperationPhase::Failed).await?;
+    let status = failed.status.context("status")?;
+    ensure!(
+        status.reason.as_deref() == Some("JobBackoffLimitExceeded"),
+        "reason: {status:?}"
+    );
+    let got = events(&s.env, &s.ns, "cmd-fails").await?;
+    ensure!(
+        got.last().is_some_and(|(r, _)| r == "OperationFailed"),
+        "events on cmd-fails: {got:?}"
+    );
     Ok(())
 }
 

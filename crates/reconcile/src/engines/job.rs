@@ -32,6 +32,7 @@ pub const PARAMETERS: &[&str] = &[
     "backoffLimit",
     "serviceAccountName",
     "env",
+    "podAnnotations",
 ];
 
 /// Name of the Job's one container.
@@ -50,6 +51,8 @@ pub struct JobParams {
     pub service_account_name: Option<String>,
     /// Environment, by name.
     pub env: BTreeMap<String, String>,
+    /// Annotations on the pod (e.g. a service mesh's opt-out).
+    pub pod_annotations: BTreeMap<String, String>,
 }
 
 /// Checks Job parameters; `catalog_image` is the template's image.
@@ -77,21 +80,27 @@ pub fn params(p: &Params<'_>, catalog_image: Option<&str>) -> Result<JobParams, 
                 .to_owned()
         })?,
     };
-    let env = p
-        .object("env")?
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(k, v)| match v {
-            Value::String(s) => Ok((k, s)),
-            other => Err(format!("parameter env.{k} must be a string, not {other}")),
-        })
-        .collect::<Result<_, _>>()?;
+    let strings = |name: &str| -> Result<BTreeMap<String, String>, String> {
+        p.object(name)?
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| match v {
+                Value::String(s) => Ok((k, s)),
+                other => Err(format!(
+                    "parameter {name}.{k} must be a string, not {other}"
+                )),
+            })
+            .collect()
+    };
+    let env = strings("env")?;
+    let pod_annotations = strings("podAnnotations")?;
     Ok(JobParams {
         image,
         command,
         backoff_limit: p.count("backoffLimit")?.unwrap_or(0),
         service_account_name: p.name("serviceAccountName")?,
         env,
+        pod_annotations,
     })
 }
 
@@ -112,6 +121,8 @@ pub fn child(
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(labels),
+                    annotations: (!params.pod_annotations.is_empty())
+                        .then(|| params.pod_annotations.clone()),
                     ..ObjectMeta::default()
                 }),
                 spec: Some(PodSpec {
