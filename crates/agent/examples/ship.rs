@@ -11,11 +11,12 @@
 //!   then the time until the buffer has drained.
 //!
 //! `cargo run --release -p vworkspace-agent --example ship -- --events 200000 --batch 500 --rate 200 --seconds 20 --outage 60`
-#![allow(clippy::unwrap_used)] // a measurement tool: a failure should stop it loudly
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, Result};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -25,17 +26,23 @@ use vworkspace_api::AuditEvent;
 use vworkspace_controlplane::store::TimelineFilter;
 use vworkspace_controlplane::{Config, Running, Store};
 
-fn arg(name: &str, default: u64) -> u64 {
+fn arg(name: &str, default: u64) -> Result<u64> {
     let args: Vec<String> = std::env::args().collect();
-    args.iter()
+    match args
+        .iter()
         .position(|a| a == name)
         .and_then(|i| args.get(i + 1))
-        .map(|v| v.parse().unwrap())
-        .unwrap_or(default)
+    {
+        Some(v) => v
+            .parse()
+            .with_context(|| format!("{name} needs a number, not {v:?}")),
+        None => Ok(default),
+    }
 }
 
 fn event(i: u64) -> AuditEvent {
     let now = Timestamp::now();
+    let second = Timestamp::from_second(now.as_second()).unwrap_or(now);
     AuditEvent {
         event_id: format!(
             "{:032x}",
@@ -43,7 +50,7 @@ fn event(i: u64) -> AuditEvent {
         ),
         cluster_id: "c1".into(),
         org_id: "bench".into(),
-        occurred_at: Time(Timestamp::from_second(now.as_second()).unwrap()),
+        occurred_at: Time(second),
         namespace: Some("org-bench".into()),
         application_instance: Some(format!("app-{}", i % 1000)),
         operation_id: None,
@@ -56,7 +63,7 @@ fn event(i: u64) -> AuditEvent {
 
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
-        .unwrap()
+        .unwrap_or_default()
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
@@ -76,13 +83,14 @@ fn config(capacity: usize, batch: usize, flush: Duration) -> ShipperConfig {
     }
 }
 
-async fn serve(db: &std::path::Path, addr: SocketAddr) -> Running {
-    vworkspace_controlplane::serve(Config::new(db, addr))
-        .await
-        .unwrap()
+async fn serve(db: &std::path::Path, addr: SocketAddr) -> Result<Running> {
+    Ok(vworkspace_controlplane::serve(Config::new(db, addr)).await?)
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
 }
@@ -106,10 +114,8 @@ async fn steady(
     sent
 }
 
-fn latencies(store: &Store, sent: &HashMap<String, SystemTime>) -> Vec<f64> {
-    let rows = store
-        .timeline("bench", &TimelineFilter::default(), u32::MAX)
-        .unwrap();
+fn latencies(store: &Store, sent: &HashMap<String, SystemTime>) -> Result<Vec<f64>> {
+    let rows = store.timeline("bench", &TimelineFilter::default(), u32::MAX)?;
     let mut out: Vec<f64> = rows
         .iter()
         .filter_map(|r| {
@@ -125,34 +131,33 @@ fn latencies(store: &Store, sent: &HashMap<String, SystemTime>) -> Vec<f64> {
             )
         })
         .collect();
-    out.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    out
+    out.sort_by(f64::total_cmp);
+    Ok(out)
 }
 
 #[tokio::main]
-async fn main() {
-    let total = arg("--events", 200_000);
-    let batch = arg("--batch", 500) as usize;
-    let rate = arg("--rate", 200);
-    let seconds = arg("--seconds", 20);
-    let outage = arg("--outage", 60);
+async fn main() -> Result<()> {
+    let total = arg("--events", 200_000)?;
+    let batch = usize::try_from(arg("--batch", 500)?)?;
+    let rate = arg("--rate", 200)?;
+    let seconds = arg("--seconds", 20)?;
+    let outage = arg("--outage", 60)?;
     let dir = std::env::temp_dir().join(format!("vws-ship-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::create_dir_all(&dir)?;
     let db = dir.join("cp.db");
     let token = {
-        let store = Store::open(&db).unwrap();
-        store.create_org("bench").unwrap();
-        store.create_cluster("bench", "c1").unwrap()
+        let store = Store::open(&db)?;
+        store.create_org("bench")?;
+        store.create_cluster("bench", "c1")?
     };
-    let running = serve(&db, SocketAddr::from(([127, 0, 0, 1], 0))).await;
+    let running = serve(&db, SocketAddr::from(([127, 0, 0, 1], 0))).await?;
     let addr = running.addr;
     let client = HttpClient::new(HttpConfig {
         base_url: format!("http://{addr}"),
         token: Token::new(token),
         timeout: Duration::from_secs(30),
         ca_bundle_pem: None,
-    })
-    .unwrap();
+    })?;
 
     // Memory of 10,000 buffered events (the shipper is not started: nothing ships).
     let before = rss_kib();
@@ -183,9 +188,9 @@ async fn main() {
     }
     let started = Instant::now();
     shipper.start();
-    shipper.flush().await.unwrap();
+    shipper.flush().await?;
     let elapsed = started.elapsed();
-    let rows = Store::open(&db).unwrap().event_count().unwrap();
+    let rows = Store::open(&db)?.event_count()?;
     println!(
         "throughput: {total} events in {:.2} s = {:.0} events/s into SQLite ({rows} rows), batches of {batch}",
         elapsed.as_secs_f64(),
@@ -201,8 +206,8 @@ async fn main() {
     );
     shipper.start();
     let sent = steady(&shipper, 20_000_000, rate, seconds).await;
-    shipper.flush().await.unwrap();
-    let l = latencies(&Store::open(&db).unwrap(), &sent);
+    shipper.flush().await?;
+    let l = latencies(&Store::open(&db)?, &sent)?;
     println!(
         "latency at {rate} events/s for {seconds} s (flushInterval 1s): p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms over {} events",
         percentile(&l, 0.5),
@@ -216,14 +221,14 @@ async fn main() {
     let during = steady(&shipper, 30_000_000, rate, outage).await;
     let pending = shipper.status().pending;
     let back = Instant::now();
-    let running = serve(&db, addr).await;
+    let running = serve(&db, addr).await?;
     shipper.flush().await.ok();
     while shipper.status().pending > 0 {
         tokio::time::sleep(Duration::from_millis(20)).await;
         let _ = shipper.flush().await;
     }
     let drained = back.elapsed();
-    let rows_during = latencies(&Store::open(&db).unwrap(), &during).len();
+    let rows_during = latencies(&Store::open(&db)?, &during)?.len();
     println!(
         "outage: {outage} s down at {rate} events/s = {pending} events buffered; drained {rows_during} rows {:.2} s after the control plane returned",
         drained.as_secs_f64()
@@ -231,4 +236,5 @@ async fn main() {
     shipper.stop().await;
     running.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
 }
