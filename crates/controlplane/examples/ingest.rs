@@ -3,7 +3,6 @@
 //! in SQLite are counted (so the rate is of stored rows, not of answers).
 //!
 //! `cargo run --release -p vworkspace-controlplane --example ingest -- --events 200000 --batch 200 --clients 4`
-#![allow(clippy::unwrap_used)] // a measurement tool: a failure should stop it loudly
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -12,32 +11,36 @@ use serde_json::json;
 use vworkspace_api::agent_api::EventsAccepted;
 use vworkspace_controlplane::{Config, Store};
 
-fn arg(name: &str, default: u64) -> u64 {
+fn arg(name: &str, default: u64) -> anyhow::Result<u64> {
     let args: Vec<String> = std::env::args().collect();
-    args.iter()
+    match args
+        .iter()
         .position(|a| a == name)
         .and_then(|i| args.get(i + 1))
-        .map(|v| v.parse().unwrap())
-        .unwrap_or(default)
+    {
+        Some(v) => v
+            .parse()
+            .map_err(|_| anyhow::anyhow!("{name} needs a number, not {v:?}")),
+        None => Ok(default),
+    }
 }
 
 #[tokio::main]
-async fn main() {
-    let total = arg("--events", 200_000);
-    let batch = arg("--batch", 200);
-    let clients = arg("--clients", 4);
+async fn main() -> anyhow::Result<()> {
+    let total = arg("--events", 200_000)?;
+    let batch = arg("--batch", 200)?;
+    let clients = arg("--clients", 4)?;
     let dir = std::env::temp_dir().join(format!("vwcp-ingest-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::create_dir_all(&dir)?;
     let db = dir.join("cp.db");
     let token = {
-        let store = Store::open(&db).unwrap();
-        store.create_org("bench").unwrap();
-        store.create_cluster("bench", "c1").unwrap()
+        let store = Store::open(&db)?;
+        store.create_org("bench")?;
+        store.create_cluster("bench", "c1")?
     };
     let running =
         vworkspace_controlplane::serve(Config::new(&db, SocketAddr::from(([127, 0, 0, 1], 0))))
-            .await
-            .unwrap();
+            .await?;
     let _ = rustls::crypto::ring::default_provider().install_default();
     let http = reqwest::Client::new();
     let url = format!("{}/api/agent/events", running.base_url());
@@ -62,9 +65,9 @@ async fn main() {
                     })
                 })
                 .collect();
-            serde_json::to_vec(&json!({ "events": events })).unwrap()
+            serde_json::to_vec(&json!({ "events": events }))
         })
-        .collect();
+        .collect::<Result<_, _>>()?;
     let bodies = std::sync::Arc::new(bodies);
 
     let started = Instant::now();
@@ -86,29 +89,29 @@ async fn main() {
                     .header("content-type", "application/json")
                     .body(body.clone())
                     .send()
-                    .await
-                    .unwrap()
+                    .await?
+                    .error_for_status()?
                     .json()
-                    .await
-                    .unwrap();
+                    .await?;
                 latencies.push(t.elapsed());
                 accepted += answer.accepted;
             }
-            (accepted, latencies)
+            Ok::<_, reqwest::Error>((accepted, latencies))
         }));
     }
     let mut accepted = 0;
     let mut latencies: Vec<Duration> = Vec::new();
     for task in tasks {
-        let (a, l) = task.await.unwrap();
+        let (a, l) = task.await??;
         accepted += a;
         latencies.extend(l);
     }
     let elapsed = started.elapsed();
     running.shutdown().await;
 
-    let rows = Store::open(&db).unwrap().event_count().unwrap();
+    let rows = Store::open(&db)?.event_count()?;
     latencies.sort();
+    anyhow::ensure!(!latencies.is_empty(), "no batch was sent");
     let pct = |p: f64| latencies[((latencies.len() as f64 - 1.0) * p) as usize];
     println!(
         "{accepted} events accepted in {batches} batches of {batch} by {clients} clients in {elapsed:.2?}"
@@ -119,6 +122,7 @@ async fn main() {
         pct(0.5),
         pct(0.99)
     );
-    assert_eq!(rows, total, "every event stored once");
+    anyhow::ensure!(rows == total, "{rows} rows stored for {total} events");
     std::fs::remove_dir_all(&dir).ok();
+    Ok(())
 }
