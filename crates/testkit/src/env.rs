@@ -25,9 +25,17 @@ pub const KUBECONFIG_ENV: &str = "VWORKSPACE_TEST_KUBECONFIG";
 pub const BIN_ENV: &str = "VWORKSPACE_K8S_BIN";
 
 /// Where `cargo xtask cluster up` keeps its cluster.
+/// `VWORKSPACE_CLUSTER_DIR` overrides it, so that two checkouts can each run their own
+/// cluster side by side.
 pub fn dev_cluster_dir() -> Result<PathBuf> {
+    if let Some(dir) = std::env::var_os(CLUSTER_DIR_ENV) {
+        return Ok(PathBuf::from(dir));
+    }
     Ok(cache_root()?.join("cluster"))
 }
+
+/// Environment variable naming the directory of the `cargo xtask cluster up` cluster.
+pub const CLUSTER_DIR_ENV: &str = "VWORKSPACE_CLUSTER_DIR";
 
 /// A handle on the shared cluster.
 #[derive(Clone)]
