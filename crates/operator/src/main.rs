@@ -223,9 +223,13 @@ async fn run(opts: Options) -> Result<ExitCode> {
         }
     };
     let ai_controller = ai_controller
-        // A HelmRelease event that is our own apply coming back reconciles nothing.
-        .owns_shared_ignoring(&releases, move |hr: &HelmRelease| {
+        // A HelmRelease event that is our own apply coming back reconciles nothing, and
+        // neither does a change to parts of the release the reconcile does not read.
+        .owns_shared_ignoring(&releases, move |old, hr: &HelmRelease| {
             applied_releases.is_own_write(hr)
+                || old.is_some_and(|old| {
+                    !controllers::application_instance::release_change_matters(old, hr)
+                })
         })
         .watches_shared(&namespaces, instances_in)
         // The repository's status is not an input of the plan: its cache is read when

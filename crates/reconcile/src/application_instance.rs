@@ -457,6 +457,84 @@ fn judge(obj: &ApplicationInstance, observed: Observed<'_>) -> Verdict {
     }
 }
 
+/// Everything the status plan reads of a HelmRelease, reduced to what can change the
+/// instance's status: two releases with equal readings give the same status. The
+/// controller compares the readings of a cached release before and after a change to
+/// skip reconciles that cannot change anything (Flux's "Progressing" write, for one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReleaseReading {
+    /// The newest history entry, when Helm reports it deployed.
+    pub deployed: Option<HelmReleaseSummary>,
+    /// Flux's verdict on the release's current generation.
+    pub state: ReleaseState,
+}
+
+/// Flux's verdict on a HelmRelease's current generation, as the plan uses it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReleaseState {
+    /// Flux has not reconciled the current generation yet, or is still at it.
+    Waiting,
+    /// `Ready=True` for the current generation, with Flux's message.
+    Ready {
+        /// Flux's message.
+        message: String,
+    },
+    /// `Ready=False` for the current generation.
+    NotReady {
+        /// The instance's reason for Flux's.
+        reason: &'static str,
+        /// Flux's message (or one naming Flux's reason when it gave none).
+        message: String,
+    },
+}
+
+/// The reading of `release`; see [`ReleaseReading`].
+pub fn read_release(release: &HelmRelease) -> ReleaseReading {
+    let name = release.metadata.name.clone().unwrap_or_default();
+    let empty = Default::default();
+    let status = release.status.as_ref().unwrap_or(&empty);
+    let deployed = status
+        .history
+        .first()
+        .filter(|h| h.status.as_deref() == Some(flux::release_status::DEPLOYED))
+        .map(|h| HelmReleaseSummary {
+            name: Some(name.clone()),
+            revision: h.version,
+            chart_version: h.chart_version.clone(),
+        });
+    let generation = release.metadata.generation.unwrap_or_default();
+    let caught_up = status.observed_generation == Some(generation);
+    let ready =
+        find_condition(&status.conditions, flux::condition_types::READY).filter(|_| caught_up);
+    let state = match ready.map(|c| (c, ConditionStatus::parse(&c.status))) {
+        Some((ready, Some(ConditionStatus::True))) => ReleaseState::Ready {
+            message: ready.message.clone(),
+        },
+        Some((ready, Some(ConditionStatus::False))) => {
+            let reason = match ready.reason.as_str() {
+                flux::reasons::INSTALL_FAILED => ai::reasons::INSTALL_FAILED,
+                flux::reasons::UPGRADE_FAILED => ai::reasons::UPGRADE_FAILED,
+                flux::reasons::ARTIFACT_FAILED => ai::reasons::HELM_REPOSITORY_NOT_READY,
+                flux::reasons::PROGRESSING => {
+                    return ReleaseReading {
+                        deployed,
+                        state: ReleaseState::Waiting,
+                    };
+                }
+                _ => ai::reasons::HELM_RELEASE_FAILED,
+            };
+            let message = if ready.message.is_empty() {
+                format!("HelmRelease {name} is not ready ({})", ready.reason)
+            } else {
+                ready.message.clone()
+            };
+            ReleaseState::NotReady { reason, message }
+        }
+        _ => ReleaseState::Waiting,
+    };
+    ReleaseReading { deployed, state }
+}
+
 fn judge_release(
     obj: &ApplicationInstance,
     spec: &ValidSpec,
@@ -464,19 +542,9 @@ fn judge_release(
     previous: Option<HelmReleaseSummary>,
 ) -> Verdict {
     use ConditionStatus::{False, True, Unknown};
-    let name = spec.identity.name.clone();
-    let status = release.status.clone().unwrap_or_default();
-    let deployed = status
-        .history
-        .first()
-        .filter(|h| h.status.as_deref() == Some(flux::release_status::DEPLOYED));
-    let summary = deployed
-        .map(|h| HelmReleaseSummary {
-            name: Some(name.clone()),
-            revision: h.version,
-            chart_version: h.chart_version.clone(),
-        })
-        .or(previous);
+    let ReleaseReading { deployed, state } = read_release(release);
+    let deployed_version = deployed.as_ref().and_then(|h| h.chart_version.clone());
+    let summary = deployed.or(previous);
     if spec.suspend {
         let msg = "spec.suspend is true; the HelmRelease is suspended".to_owned();
         let ready = obj
@@ -493,31 +561,9 @@ fn judge_release(
             waiting: false,
         };
     }
-    let generation = release.metadata.generation.unwrap_or_default();
-    let caught_up = status.observed_generation == Some(generation);
-    let flux_ready = find_condition(&status.conditions, flux::condition_types::READY);
-    let progressing = || {
-        let msg = format!(
-            "waiting for Flux to release {}@{}",
-            spec.chart, spec.version
-        );
-        Verdict {
-            ready: (Unknown, ai::reasons::HELM_RELEASE_PROGRESSING, msg.clone()),
-            failed: (False, ai::reasons::RECONCILING, msg.clone()),
-            reconciling: (True, ai::reasons::RECONCILING, msg),
-            release: summary.clone(),
-            waiting: true,
-        }
-    };
-    let Some(ready) = flux_ready.filter(|_| caught_up) else {
-        return progressing();
-    };
-    match ConditionStatus::parse(&ready.status) {
-        Some(True) if deployed.and_then(|h| h.chart_version.as_deref()) == Some(&spec.version) => {
-            let msg = format!(
-                "{}@{} released: {}",
-                spec.chart, spec.version, ready.message
-            );
+    match state {
+        ReleaseState::Ready { message } if deployed_version.as_deref() == Some(&spec.version) => {
+            let msg = format!("{}@{} released: {message}", spec.chart, spec.version);
             Verdict {
                 ready: (True, ai::reasons::HELM_RELEASE_READY, msg.clone()),
                 failed: (False, ai::reasons::RECONCILE_SUCCEEDED, msg.clone()),
@@ -526,28 +572,26 @@ fn judge_release(
                 waiting: false,
             }
         }
-        Some(False) => {
-            let reason = match ready.reason.as_str() {
-                flux::reasons::INSTALL_FAILED => ai::reasons::INSTALL_FAILED,
-                flux::reasons::UPGRADE_FAILED => ai::reasons::UPGRADE_FAILED,
-                flux::reasons::ARTIFACT_FAILED => ai::reasons::HELM_REPOSITORY_NOT_READY,
-                flux::reasons::PROGRESSING => return progressing(),
-                _ => ai::reasons::HELM_RELEASE_FAILED,
-            };
-            let msg = if ready.message.is_empty() {
-                format!("HelmRelease {name} is not ready ({})", ready.reason)
-            } else {
-                ready.message.clone()
-            };
+        ReleaseState::NotReady { reason, message } => Verdict {
+            ready: (False, reason, message.clone()),
+            failed: (True, reason, message.clone()),
+            reconciling: (False, reason, message),
+            release: summary,
+            waiting: false,
+        },
+        ReleaseState::Waiting | ReleaseState::Ready { .. } => {
+            let msg = format!(
+                "waiting for Flux to release {}@{}",
+                spec.chart, spec.version
+            );
             Verdict {
-                ready: (False, reason, msg.clone()),
-                failed: (True, reason, msg.clone()),
-                reconciling: (False, reason, msg),
+                ready: (Unknown, ai::reasons::HELM_RELEASE_PROGRESSING, msg.clone()),
+                failed: (False, ai::reasons::RECONCILING, msg.clone()),
+                reconciling: (True, ai::reasons::RECONCILING, msg),
                 release: summary,
-                waiting: false,
+                waiting: true,
             }
         }
-        _ => progressing(),
     }
 }
 
@@ -734,6 +778,61 @@ mod tests {
             Some(("True", "InstallSucceeded", "ok")),
             &[(1, "1.0.0", "deployed")],
         )
+    }
+
+    /// Flux's intermediate writes read the same as no status at all, so they cannot change
+    /// the instance's status; a verdict, a new generation or a new revision can.
+    #[test]
+    fn release_readings_tell_apart_only_what_the_plan_uses() {
+        let created = release(1, None, None, &[]);
+        let progressing_unknown = release(
+            1,
+            Some(1),
+            Some(("Unknown", "Progressing", "installing")),
+            &[],
+        );
+        let progressing_false = release(
+            1,
+            Some(1),
+            Some(("False", "Progressing", "installing")),
+            &[],
+        );
+        let stale_ready = release(2, Some(1), Some(("True", "InstallSucceeded", "ok")), &[]);
+        for waiting in [&progressing_unknown, &progressing_false, &stale_ready] {
+            assert_eq!(read_release(waiting), read_release(&created));
+        }
+        let ready = installed_release();
+        assert_ne!(read_release(&ready), read_release(&created));
+        assert!(matches!(
+            read_release(&ready).state,
+            ReleaseState::Ready { .. }
+        ));
+        let failed = release(1, Some(1), Some(("False", "InstallFailed", "boom")), &[]);
+        assert_eq!(
+            read_release(&failed).state,
+            ReleaseState::NotReady {
+                reason: ai::reasons::INSTALL_FAILED,
+                message: "boom".into()
+            }
+        );
+        let upgraded = release(
+            1,
+            Some(1),
+            Some(("True", "UpgradeSucceeded", "ok")),
+            &[(2, "1.0.0", "deployed")],
+        );
+        assert_ne!(
+            read_release(&upgraded),
+            read_release(&ready),
+            "a new revision is a change"
+        );
+        // Every pair that reads the same also plans the same status.
+        let mut a = instance(1, "1.0.0");
+        let mut b = instance(1, "1.0.0");
+        assert_eq!(
+            step(&mut a, &progressing_false, &at(1)).status,
+            step(&mut b, &created, &at(1)).status
+        );
     }
 
     fn reasons(plan: &StatusPlan) -> Vec<&str> {

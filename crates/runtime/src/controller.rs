@@ -229,8 +229,12 @@ pub struct Controller<K: WatchedKind> {
 }
 
 /// Decides, from an object's new state, that its change needs no reconcile; see
-/// [`Controller::ignore_primary_changes`] and [`Controller::owns_shared_ignoring`].
+/// [`Controller::ignore_primary_changes`].
 pub type ChangeFilter<K> = Arc<dyn Fn(&K) -> bool + Send + Sync>;
+
+/// Decides, from an object's previous cached state (`None` when it is new) and its new
+/// state, that its change needs no reconcile; see [`Controller::owns_shared_ignoring`].
+pub type TransitionFilter<K> = Arc<dyn Fn(Option<&K>, &K) -> bool + Send + Sync>;
 
 impl<K: WatchedKind> Debug for Controller<K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -373,14 +377,15 @@ impl<K: WatchedKind> Controller<K> {
         self.subscribe_shared(shared, mapper, None)
     }
 
-    /// [`owns_shared`](Self::owns_shared), except that a change whose new state `ignore`
-    /// recognises reconciles nothing — for the controller's own writes to its children,
-    /// recognised by the resourceVersion the write returned. Deletions carry a new
-    /// resourceVersion and so are never mistaken for one.
+    /// [`owns_shared`](Self::owns_shared), except that a change `ignore` recognises
+    /// reconciles nothing. It is called with the cached state before the change (`None`
+    /// for a new object) and the new one; deletions always reconcile. Two uses: the
+    /// controller's own writes to its children, recognised by the resourceVersion the
+    /// write returned, and changes to parts of a child the reconcile does not read.
     pub fn owns_shared_ignoring<C: WatchedKind>(
         self,
         shared: &SharedWatch<C>,
-        ignore: impl Fn(&C) -> bool + Send + Sync + 'static,
+        ignore: impl Fn(Option<&C>, &C) -> bool + Send + Sync + 'static,
     ) -> Self {
         self.subscribe_shared(shared, controller_owner::<K, C>, Some(Arc::new(ignore)))
     }
@@ -389,7 +394,7 @@ impl<K: WatchedKind> Controller<K> {
         mut self,
         shared: &SharedWatch<C>,
         mapper: M,
-        ignore: Option<ChangeFilter<C>>,
+        ignore: Option<TransitionFilter<C>>,
     ) -> Self
     where
         C: WatchedKind,
@@ -675,8 +680,8 @@ struct SharedFeed<K: WatchedKind, C, M> {
     feed: Feed<K>,
     index: usize,
     mapper: M,
-    /// Changes (by their new state) that need no reconcile.
-    ignore: Option<ChangeFilter<C>>,
+    /// Changes (by their previous and new state) that need no reconcile.
+    ignore: Option<TransitionFilter<C>>,
 }
 
 impl<K, C, I, M> Subscriber<C> for SharedFeed<K, C, M>
@@ -686,9 +691,9 @@ where
     I: IntoIterator<Item = ObjectRef<K>>,
     M: Fn(&C) -> I + Send + Sync + 'static,
 {
-    fn touched(&mut self, states: [Option<&C>; 2]) {
-        if let (Some(ignore), [_, Some(new)]) = (&self.ignore, states)
-            && ignore(new)
+    fn touched(&mut self, states: [Option<&C>; 2], deleted: bool) {
+        if let (false, Some(ignore), [old, Some(new)]) = (deleted, &self.ignore, states)
+            && ignore(old, new)
         {
             return;
         }

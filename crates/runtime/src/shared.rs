@@ -86,8 +86,10 @@ struct Inner<C: WatchedKind> {
 /// What one subscribed controller does with the shared watch's changes.
 pub(crate) trait Subscriber<C>: Send {
     /// An object changed; `states` are its previous and its current state (either may be
-    /// absent: created, deleted, or both known). Enqueue the keys they map to.
-    fn touched(&mut self, states: [Option<&C>; 2]);
+    /// absent: created, deleted, or both known; a deletion seen by the watch carries the
+    /// object's final state as the current one, with `deleted` set). Enqueue the keys
+    /// they map to.
+    fn touched(&mut self, states: [Option<&C>; 2], deleted: bool);
     /// The shared watch's state.
     fn state(&mut self, state: SyncState);
 }
@@ -189,7 +191,7 @@ impl<C: WatchedKind> SharedWatch<C> {
         let mut hub = self.inner.lock();
         if hub.state != SyncState::Pending {
             for obj in self.inner.reader.state() {
-                subscriber.touched([Some(obj.as_ref()), None]);
+                subscriber.touched([Some(obj.as_ref()), None], false);
             }
         }
         subscriber.state(hub.state);
@@ -276,7 +278,7 @@ impl<C: WatchedKind> WatchSink<C> for HubSink<C> {
                     _ => None,
                 };
                 for subscriber in hub.subscribers.values_mut() {
-                    subscriber.touched([old.as_deref(), new.or(last)]);
+                    subscriber.touched([old.as_deref(), new.or(last)], last.is_some());
                 }
             }
             watcher::Event::Init => {
@@ -312,7 +314,7 @@ impl<C: WatchedKind> WatchSink<C> for HubSink<C> {
                 );
                 for subscriber in hub.subscribers.values_mut() {
                     for [old, new] in &changes {
-                        subscriber.touched([old.as_deref(), new.as_deref()]);
+                        subscriber.touched([old.as_deref(), new.as_deref()], new.is_none());
                     }
                 }
             }

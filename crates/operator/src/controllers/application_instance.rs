@@ -136,6 +136,19 @@ impl<C: kube::Resource<DynamicType = ()>> Applied<C> {
     }
 }
 
+/// Whether a cached HelmRelease changing from `old` to `new` can change what a
+/// reconcile of its instance does: the parts `child_up_to_date` compares (the spec, by
+/// its generation, the labels and the owner references) and the reading the status plan
+/// takes of its status. Flux's intermediate status writes ("Progressing") change none of
+/// them, so they reconcile nothing.
+pub fn release_change_matters(old: &HelmRelease, new: &HelmRelease) -> bool {
+    old.metadata.generation != new.metadata.generation
+        || old.metadata.labels != new.metadata.labels
+        || old.metadata.owner_references != new.metadata.owner_references
+        || vworkspace_reconcile::application_instance::read_release(old)
+            != vworkspace_reconcile::application_instance::read_release(new)
+}
+
 /// The resourceVersion each instance's last status write returned.
 pub type WrittenVersions = super::written::WrittenVersions<ApplicationInstance>;
 

@@ -696,7 +696,7 @@ async fn ignored_child_changes_reconcile_no_parent() -> Result<()> {
             watcher::Config::default().labels(&format!("{LABEL}=yes")),
         );
         c.max_concurrent_reconciles(1)
-            .owns_shared_ignoring(&secrets, |s: &Secret| {
+            .owns_shared_ignoring(&secrets, |_, s: &Secret| {
                 s.labels().get("ours").is_some_and(|v| v == "yes")
             })
     })
