@@ -226,7 +226,7 @@ async fn run(opts: Options) -> Result<ExitCode> {
         // A HelmRelease event that is our own apply coming back reconciles nothing, and
         // neither does a change to parts of the release the reconcile does not read.
         .owns_shared_ignoring(&releases, move |old, hr: &HelmRelease| {
-            applied_releases.is_own_write(hr)
+            applied_releases.is_own_write(old, hr)
                 || old.is_some_and(|old| {
                     !controllers::application_instance::release_change_matters(old, hr)
                 })

@@ -86,6 +86,14 @@ async fn an_instance_costs_six_writes_and_a_no_op_reconcile_costs_nothing() -> R
         requests(&settled, "POST")
     );
     ensure!(requests(&settled, "PUT") + requests(&settled, "DELETE") == 0.0);
+    // Two reconciles: the one the create starts (children applied, Flux not done) and
+    // the one Flux's Ready brings. The simulator's Progressing write in between changes
+    // nothing the plan reads and reconciles nothing.
+    ensure!(
+        reconciles(&settled) == 2.0,
+        "reconciles on the way to Ready: {}",
+        reconciles(&settled)
+    );
     let gets_before = requests(&settled, "GET");
 
     // A change that does not concern the plan (an annotation) is reconciled, and that

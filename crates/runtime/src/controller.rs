@@ -695,7 +695,22 @@ where
         if let (false, Some(ignore), [old, Some(new)]) = (deleted, &self.ignore, states)
             && ignore(old, new)
         {
+            tracing::debug!(
+                kind = C::kind(&Default::default()).as_ref(),
+                object = %ObjectRef::from_obj(new),
+                resource_version = new.meta().resource_version.as_deref().unwrap_or_default(),
+                "child change ignored"
+            );
             return;
+        }
+        if let Some(obj) = states[1].or(states[0]) {
+            tracing::debug!(
+                kind = C::kind(&Default::default()).as_ref(),
+                object = %ObjectRef::from_obj(obj),
+                resource_version = obj.meta().resource_version.as_deref().unwrap_or_default(),
+                deleted,
+                "child changed"
+            );
         }
         for obj in states.into_iter().flatten() {
             for key in (self.mapper)(obj) {

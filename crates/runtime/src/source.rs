@@ -254,6 +254,13 @@ impl<K: WatchedKind> WatchSink<K> for PrimarySink<K> {
                 self.writer.apply_watcher_event(&event);
                 let ignored = matches!(event, watcher::Event::Apply(_))
                     && self.ignore.as_ref().is_some_and(|ignore| ignore(obj));
+                tracing::debug!(
+                    kind = K::kind(&Default::default()).as_ref(),
+                    object = %key,
+                    resource_version = obj.meta().resource_version.as_deref().unwrap_or_default(),
+                    ignored,
+                    "primary changed"
+                );
                 if !ignored {
                     self.feed.queue.add(key);
                 }

@@ -79,8 +79,27 @@ pub struct Context {
 /// yet: without them, a reconcile that runs right after an apply would find the cache
 /// without the child (or with the older copy) and apply again. An entry leaves as soon
 /// as the cache holds a resourceVersion at least as new.
+///
+/// It also knows which children are being applied right now: the watch event of a
+/// create can arrive before the apply's response, and a child new to the cache while
+/// its apply is in flight is that create.
 #[derive(Debug)]
-pub struct Applied<C: kube::Resource<DynamicType = ()>>(Arc<Mutex<HashMap<ObjectRef<C>, Arc<C>>>>);
+pub struct Applied<C: kube::Resource<DynamicType = ()>>(Arc<Mutex<AppliedState<C>>>);
+
+#[derive(Debug)]
+struct AppliedState<C: kube::Resource<DynamicType = ()>> {
+    recent: HashMap<ObjectRef<C>, Arc<C>>,
+    in_flight: HashMap<ObjectRef<C>, usize>,
+}
+
+impl<C: kube::Resource<DynamicType = ()>> Default for AppliedState<C> {
+    fn default() -> Self {
+        Self {
+            recent: HashMap::new(),
+            in_flight: HashMap::new(),
+        }
+    }
+}
 
 impl<C: kube::Resource<DynamicType = ()>> Clone for Applied<C> {
     fn clone(&self) -> Self {
@@ -94,21 +113,47 @@ impl<C: kube::Resource<DynamicType = ()>> Default for Applied<C> {
     }
 }
 
+/// Marks one apply of a child as in flight until dropped.
+struct InFlight<C: kube::Resource<DynamicType = ()>> {
+    applied: Applied<C>,
+    key: ObjectRef<C>,
+}
+
+impl<C: kube::Resource<DynamicType = ()>> Drop for InFlight<C> {
+    fn drop(&mut self) {
+        let mut state = self.applied.lock();
+        if let Some(n) = state.in_flight.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                state.in_flight.remove(&self.key);
+            }
+        }
+    }
+}
+
 impl<C: kube::Resource<DynamicType = ()>> Applied<C> {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectRef<C>, Arc<C>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, AppliedState<C>> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn begin(&self, key: &ObjectRef<C>) -> InFlight<C> {
+        *self.lock().in_flight.entry(key.clone()).or_default() += 1;
+        InFlight {
+            applied: self.clone(),
+            key: key.clone(),
+        }
     }
 
     /// The newer of the cached child and the one this controller last applied.
     fn newest(&self, key: &ObjectRef<C>, cached: Option<Arc<C>>) -> Option<Arc<C>> {
         let version = |obj: &C| obj.meta().resource_version.as_deref()?.parse::<u64>().ok();
         let mut applied = self.lock();
-        let Some(recent) = applied.get(key).cloned() else {
+        let Some(recent) = applied.recent.get(key).cloned() else {
             return cached;
         };
         match cached {
             Some(cached) if version(&cached) >= version(&recent) => {
-                applied.remove(key);
+                applied.recent.remove(key);
                 Some(cached)
             }
             _ => Some(recent),
@@ -116,22 +161,28 @@ impl<C: kube::Resource<DynamicType = ()>> Applied<C> {
     }
 
     fn record(&self, obj: C) {
-        self.lock().insert(ObjectRef::from_obj(&obj), Arc::new(obj));
+        self.lock()
+            .recent
+            .insert(ObjectRef::from_obj(&obj), Arc::new(obj));
     }
 
-    /// `obj` is the state this controller's own last apply returned.
-    pub fn is_own_write(&self, obj: &C) -> bool {
+    /// The change of a cached child from `old` (`None`: new to the cache) to `new` is
+    /// this controller's own apply coming back: `new` is the state the last apply
+    /// returned, or the child is new to the cache while an apply of it is in flight (its
+    /// create, whose response has not been read yet).
+    pub fn is_own_write(&self, old: Option<&C>, new: &C) -> bool {
         let applied = self.lock();
-        applied
-            .get(&ObjectRef::from_obj(obj))
-            .is_some_and(|recent| {
-                recent.meta().resource_version.is_some()
-                    && recent.meta().resource_version == obj.meta().resource_version
-            })
+        let key = ObjectRef::from_obj(new);
+        let returned = applied.recent.get(&key).is_some_and(|recent| {
+            recent.meta().resource_version.is_some()
+                && recent.meta().resource_version == new.meta().resource_version
+        });
+        returned || (old.is_none() && applied.in_flight.contains_key(&key))
     }
 
     fn forget(&self, namespace: Option<&str>, name: &str) {
         self.lock()
+            .recent
             .retain(|key, _| !(key.name == name && key.namespace.as_deref() == namespace));
     }
 }
@@ -355,6 +406,9 @@ async fn publish_and_persist(
             .await;
     }
     if status_plan.changed {
+        let mut expected = obj.clone();
+        expected.status = Some(status_plan.status.clone());
+        let _in_flight = ctx.written.begin(&expected);
         let written = write_status(api, &name, status_plan).await?;
         ctx.written.record(&written);
     }
@@ -472,6 +526,7 @@ where
         return Ok(C::clone(&live));
     }
     let api: Api<C> = Api::namespaced(client.clone(), &namespace);
+    let _in_flight = applied.begin(&key);
     let response = api
         .patch(
             &name,

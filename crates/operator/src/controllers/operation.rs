@@ -556,6 +556,9 @@ async fn persist(
         "kind": "Operation",
         "status": plan.status,
     });
+    let mut expected = obj.clone();
+    expected.status = Some(plan.status.clone());
+    let in_flight = ctx.written.begin(&expected);
     let written = api
         .patch_status(
             &obj.name_any(),
@@ -565,6 +568,7 @@ async fn persist(
         .await
         .map_err(Error::Status)?;
     ctx.written.record(&written);
+    drop(in_flight);
     tracing::info!(phase = ?plan.status.phase, reason = ?plan.status.reason, "status written");
     if let Some(outcome) = plan.outcome {
         let engine = valid.map_or_else(

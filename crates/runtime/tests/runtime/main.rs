@@ -746,3 +746,76 @@ async fn ignored_child_changes_reconcile_no_parent() -> Result<()> {
     .await;
     h.stop().await
 }
+
+/// The filter sees the cached state before the change: a change that keeps what the
+/// parent reads (here the Secret's data) reconciles nothing, one that changes it does,
+/// and a deletion always does, even though the deleted object's final state reads the
+/// same as the cached one.
+#[tokio::test]
+async fn a_filter_on_old_and_new_state_never_swallows_a_deletion() -> Result<()> {
+    let h = Harness::start("rt-owns-old-new", Ctx::default(), |c, h| {
+        let secrets = vworkspace_runtime::SharedWatch::new(
+            h.secrets.clone(),
+            watcher::Config::default().labels(&format!("{LABEL}=yes")),
+        );
+        c.max_concurrent_reconciles(1)
+            .owns_shared_ignoring(&secrets, |old, new: &Secret| {
+                old.is_some_and(|old| old.data == new.data)
+            })
+    })
+    .await?;
+    let parent = h.create_configmap("parent").await?;
+    h.eventually("the parent's first reconcile", |h| {
+        (h.ctx.reconciles_of("parent") == 1).then_some(())
+    })
+    .await;
+    let uid = parent.metadata.uid.clone().context("parent uid")?;
+    let child: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {
+            "name": "child",
+            "labels": { LABEL: "yes" },
+            "ownerReferences": [{
+                "apiVersion": "v1", "kind": "ConfigMap", "name": "parent", "uid": uid,
+                "controller": true, "blockOwnerDeletion": true
+            }]
+        },
+        "stringData": { "k": "v1" }
+    }))?;
+    h.secrets.create(&PostParams::default(), &child).await?;
+    h.eventually("a new child reconciles its parent", |h| {
+        (h.ctx.reconciles_of("parent") == 2).then_some(())
+    })
+    .await;
+    let annotate = Patch::Merge(serde_json::json!({
+        "metadata": { "annotations": { "note": "same data" } }
+    }));
+    h.secrets
+        .patch("child", &PatchParams::default(), &annotate)
+        .await?;
+    h.create_configmap("marker-1").await?;
+    h.eventually("the first marker reconciled", |h| {
+        (h.ctx.reconciles_of("marker-1") == 1).then_some(())
+    })
+    .await;
+    assert_eq!(
+        h.ctx.reconciles_of("parent"),
+        2,
+        "a change that keeps the data reconciled nothing"
+    );
+    let rewrite = Patch::Merge(serde_json::json!({ "stringData": { "k": "v2" } }));
+    h.secrets
+        .patch("child", &PatchParams::default(), &rewrite)
+        .await?;
+    h.eventually("a data change reconciles the parent", |h| {
+        (h.ctx.reconciles_of("parent") == 3).then_some(())
+    })
+    .await;
+    h.secrets
+        .delete("child", &kube::api::DeleteParams::default())
+        .await?;
+    h.eventually("the deletion reconciles the parent", |h| {
+        (h.ctx.reconciles_of("parent") == 4).then_some(())
+    })
+    .await;
+    h.stop().await
+}
