@@ -76,6 +76,8 @@ pub const USAGE: &str = "\
                                         measure this prebuilt operator binary instead of
                                         building the checkout's (e.g. an older commit's,
                                         for the before column)
+                        --crds DIR      install the operator CRDs from DIR (those the
+                                        --operator-bin was built with) [deploy/crds]
                         --commit REV    the commit the doc names for the run [HEAD]
                         --no-doc        print the results only; leave the doc alone";
 
@@ -97,6 +99,8 @@ struct Options {
     operator_bin: Option<PathBuf>,
     /// The commit to name in the doc instead of HEAD.
     commit: Option<String>,
+    /// Where the operator's CRDs come from instead of this checkout's `deploy/crds`.
+    crds: Option<PathBuf>,
     /// The command line, for the doc.
     command: String,
 }
@@ -117,6 +121,7 @@ impl Default for Options {
             write_doc: true,
             operator_bin: None,
             commit: None,
+            crds: None,
             command: "cargo xtask bench".to_owned(),
         }
     }
@@ -193,6 +198,7 @@ impl Options {
                 "--sim-releases" => o.sim_releases = count(value()?, true)?,
                 "--operator-bin" => o.operator_bin = Some(PathBuf::from(value()?)),
                 "--commit" => o.commit = Some(value()?.to_owned()),
+                "--crds" => o.crds = Some(PathBuf::from(value()?)),
                 other => bail!("unknown flag {other:?} for bench\n\n{USAGE}"),
             }
         }
@@ -329,7 +335,15 @@ async fn build_operator(root: &Path) -> Result<PathBuf> {
 /// The CRDs and the namespaces `bench-0` … `bench-<M-1>`; the client and the names.
 async fn prepare(cluster: &LocalCluster, opts: &Options) -> Result<(Client, Vec<String>)> {
     let client = cluster.client().await?;
-    fixtures::apply_crds(&client, &fixtures::operator_crd_files()?)
+    let operator_crds = match &opts.crds {
+        Some(dir) => std::fs::read_dir(dir)
+            .with_context(|| format!("--crds {}", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+            .collect(),
+        None => fixtures::operator_crd_files()?,
+    };
+    fixtures::apply_crds(&client, &operator_crds)
         .await
         .context("installing the operator's CRDs")?;
     // Flux's kinds only: this scenario has no Velero, Argo, VolSync or CSI snapshots,
@@ -913,6 +927,7 @@ struct Machine {
 
 impl Machine {
     fn read(root: &Path, load_before: String, commit: Option<String>) -> Self {
+        let opts_named = commit.is_some();
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
         let cpu_model = cpuinfo
@@ -942,7 +957,14 @@ impl Machine {
                 .filter(|o| o.status.success())
                 .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         };
-        let commit = match commit.or_else(|| git(&["rev-parse", "--short", "HEAD"])) {
+        // A commit named with --commit is the prebuilt binary's; this checkout's state
+        // says nothing about it.
+        let commit = match commit {
+            Some(named) => Some(named),
+            None => git(&["rev-parse", "--short", "HEAD"]),
+        };
+        let commit = match commit {
+            Some(rev) if opts_named => rev,
             Some(rev) => match git(&["status", "--porcelain", "--untracked-files=no"]) {
                 Some(changes) if !changes.is_empty() => format!("{rev} (with uncommitted changes)"),
                 _ => rev,
@@ -993,6 +1015,8 @@ mod tests {
             .expect("valid flags");
         assert_eq!(o.operator_bin, Some(PathBuf::from("/tmp/op")));
         assert_eq!(o.commit.as_deref(), Some("b4cd2d6"));
+        let o = Options::parse(&["--crds", "/tmp/crds"]).expect("valid flags");
+        assert_eq!(o.crds, Some(PathBuf::from("/tmp/crds")));
         assert!(Options::parse(&["--operator-bin"]).is_err());
         assert!(Options::parse(&["--steady-state=5x"]).is_err());
         assert!(Options::parse(&["--column=middle"]).is_err());
