@@ -70,6 +70,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
+use crate::decode::{SkipHook, Undecodable};
 use crate::metrics::{QueueMetrics, ReconcileMetrics, RuntimeMetrics};
 use crate::report::{ErrorReport, error_chain};
 use crate::shared::{DEFAULT_RECHECK_INTERVAL, SharedWatch, Subscriber};
@@ -226,6 +227,7 @@ pub struct Controller<K: WatchedKind> {
     reporter: Option<Reporter<K>>,
     status: StatusCell,
     ignore_primary: Option<ChangeFilter<K>>,
+    on_skip: Option<SkipHook>,
 }
 
 /// Decides, from an object's new state, that its change needs no reconcile; see
@@ -271,7 +273,21 @@ impl<K: WatchedKind> Controller<K> {
             reporter: None,
             status,
             ignore_primary: None,
+            on_skip: None,
         }
+    }
+
+    /// Call `hook` for each primary object the watch skips because it cannot be decoded,
+    /// the first time this process sees that version of it (see [`crate::decode`]; the
+    /// warn line and the counter need no hook). The object is not in the cache and gets
+    /// no reconcile; the hook is where the controller tells its owner, e.g. with a
+    /// Warning Event.
+    pub fn on_undecodable(
+        mut self,
+        hook: impl Fn(&KindName, &Undecodable) + Send + Sync + 'static,
+    ) -> Self {
+        self.on_skip = Some(Arc::new(hook));
+        self
     }
 
     /// Do not reconcile a changed primary object for which `filter` returns `true` (the
@@ -349,7 +365,7 @@ impl<K: WatchedKind> Controller<K> {
             let owner = Arc::clone(&ctx.feed.controller);
             let recheck = optional.then_some(ctx.recheck);
             let sink = RelatedSink::new(mapper, ctx.feed, index);
-            source::drive(api, config, recheck, owner, sink).boxed()
+            source::drive(api, config, recheck, owner, None, sink).boxed()
         }));
         self
     }
@@ -532,6 +548,7 @@ impl<K: WatchedKind> Controller<K> {
             reporter,
             status,
             ignore_primary,
+            on_skip,
         } = self;
         let queue = WorkQueue::new(queue_metrics, rate_limiter);
         let feed = Feed {
@@ -547,6 +564,7 @@ impl<K: WatchedKind> Controller<K> {
             watcher_config,
             None,
             Arc::clone(&name),
+            on_skip,
             PrimarySink::new(writer, feed.clone(), 0, ignore_primary),
         ));
         for source in sources {

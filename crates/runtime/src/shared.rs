@@ -214,6 +214,7 @@ impl<C: WatchedKind> SharedWatch<C> {
                 self.inner.config.clone(),
                 recheck,
                 Arc::from("shared"),
+                None,
                 sink,
             )));
         }
@@ -315,6 +316,21 @@ impl<C: WatchedKind> WatchSink<C> for HubSink<C> {
                         subscriber.touched([old.as_deref(), new.as_deref()]);
                     }
                 }
+            }
+        }
+    }
+
+    fn skipped(&mut self, key: ObjectRef<C>) {
+        let mut guard = self.inner.lock();
+        if guard.generation != self.generation {
+            return;
+        }
+        let hub = &mut *guard;
+        if let Some(old) = self.inner.reader.get(&key) {
+            hub.writer
+                .apply_watcher_event(&watcher::Event::Delete(C::clone(&old)));
+            for subscriber in hub.subscribers.values_mut() {
+                subscriber.touched([Some(old.as_ref()), None]);
             }
         }
     }

@@ -26,6 +26,7 @@ use kube::{Api, Client, ResourceExt};
 use tracing::{debug, info, warn};
 
 use crate::controller::WatchedKind;
+use crate::decode::{self, Decoded, SkipHook, Undecodable};
 use crate::status::{KindName, StatusCell, SyncState};
 use crate::workqueue::WorkQueue;
 
@@ -47,11 +48,14 @@ impl<K: WatchedKind> Clone for Feed<K> {
 }
 
 /// The receiving end of [`drive`].
-pub(crate) trait WatchSink<C>: Send {
+pub(crate) trait WatchSink<C: WatchedKind>: Send {
     /// One watcher event, in order.
     fn event(&mut self, event: watcher::Event<C>);
     /// The watch's state changed (or was confirmed).
     fn state(&mut self, state: SyncState);
+    /// An object changed or was deleted into a state that cannot be decoded: forget it
+    /// (as if it was deleted) until a decodable version arrives.
+    fn skipped(&mut self, key: ObjectRef<C>);
 }
 
 /// Whether the API server serves `kind` (discovery of its group/version).
@@ -77,6 +81,7 @@ pub(crate) async fn drive<C, S>(
     config: watcher::Config,
     recheck: Option<Duration>,
     owner: Arc<str>,
+    on_skip: Option<SkipHook>,
     mut sink: S,
 ) where
     C: WatchedKind,
@@ -89,7 +94,9 @@ pub(crate) async fn drive<C, S>(
         if let Some(interval) = recheck {
             wait_until_served(&client, &kind, interval, &owner, &mut sink).await;
         }
-        let mut events = std::pin::pin!(watcher(api.clone(), config.clone()).default_backoff());
+        // Items are decoded one by one: an undecodable object is skipped, not a failed list.
+        let mut events =
+            std::pin::pin!(watcher(decode::api_of(&api), config.clone()).default_backoff());
         let mut failures = FailureLog::default();
         loop {
             let Some(event) = events.next().await else {
@@ -104,6 +111,28 @@ pub(crate) async fn drive<C, S>(
                     // of an object, so the caches do without them (controller-runtime's
                     // TransformStripManagedFields).
                     let event = event.modify(|obj| obj.managed_fields_mut().clear());
+                    let event = match decoded(event) {
+                        Ok(event) => event,
+                        Err(skipped) => {
+                            let (bad, live) = *skipped;
+                            if decode::report(&kind, &bad)
+                                && let Some(hook) = &on_skip
+                            {
+                                hook(&kind, &bad);
+                            }
+                            if live {
+                                let meta = &bad.metadata;
+                                let key =
+                                    ObjectRef::<C>::new(meta.name.as_deref().unwrap_or_default());
+                                let key = match meta.namespace.as_deref() {
+                                    Some(ns) => key.within(ns),
+                                    None => key,
+                                };
+                                sink.skipped(key);
+                            }
+                            continue;
+                        }
+                    };
                     let listed = matches!(event, watcher::Event::InitDone);
                     sink.event(event);
                     if listed {
@@ -132,6 +161,26 @@ pub(crate) async fn drive<C, S>(
             }
         }
     }
+}
+
+/// The event of decoded objects, or the undecodable object (and whether it came as a
+/// change or deletion — `false` for a list item, which a re-list simply leaves out).
+fn decoded<C>(
+    event: watcher::Event<Decoded<C>>,
+) -> Result<watcher::Event<C>, Box<(Undecodable, bool)>> {
+    Ok(match event {
+        watcher::Event::Apply(Decoded(obj)) => {
+            watcher::Event::Apply(obj.map_err(|b| Box::new((b, true)))?)
+        }
+        watcher::Event::Delete(Decoded(obj)) => {
+            watcher::Event::Delete(obj.map_err(|b| Box::new((b, true)))?)
+        }
+        watcher::Event::InitApply(Decoded(obj)) => {
+            watcher::Event::InitApply(obj.map_err(|b| Box::new((b, false)))?)
+        }
+        watcher::Event::Init => watcher::Event::Init,
+        watcher::Event::InitDone => watcher::Event::InitDone,
+    })
 }
 
 /// Longest error text a watch failure log line carries.
@@ -175,7 +224,7 @@ impl FailureLog {
 
 /// Return once `kind` is served; report `Missing` while it is not, `Pending` when it
 /// appears after having been missing.
-async fn wait_until_served<C, S: WatchSink<C>>(
+async fn wait_until_served<C: WatchedKind, S: WatchSink<C>>(
     client: &Client,
     kind: &KindName,
     interval: Duration,
@@ -293,6 +342,14 @@ impl<K: WatchedKind> WatchSink<K> for PrimarySink<K> {
     fn state(&mut self, state: SyncState) {
         self.feed.status.set(self.index, state);
     }
+
+    fn skipped(&mut self, key: ObjectRef<K>) {
+        if let Some(cached) = self.reader.get(&key) {
+            self.writer
+                .apply_watcher_event(&watcher::Event::Delete(K::clone(&cached)));
+            self.feed.queue.add(key);
+        }
+    }
 }
 
 /// A related kind watched by one controller alone: no cache of the related objects, only
@@ -376,6 +433,12 @@ where
 
     fn state(&mut self, state: SyncState) {
         self.feed.status.set(self.index, state);
+    }
+
+    fn skipped(&mut self, key: ObjectRef<C>) {
+        for key in self.mapped.remove(&key).into_iter().flatten() {
+            self.feed.queue.add(key);
+        }
     }
 }
 
