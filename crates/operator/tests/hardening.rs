@@ -20,7 +20,7 @@ use vworkspace_testkit::sim::flux::FluxSimulator;
 
 mod common;
 
-use common::{condition, install_crds, spawn_operator};
+use common::{condition, create_cluster, install_crds, spawn_operator};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -102,6 +102,23 @@ fn skip_lines(op: &OperatorProcess, name: &str) -> Result<Vec<String>> {
         .collect())
 }
 
+/// Wait for `/readyz` 200; on timeout, say what it last answered.
+async fn wait_readyz(op: &OperatorProcess) -> Result<()> {
+    let last = std::sync::Mutex::new(String::new());
+    poll_until(LIMIT, "/readyz 200", || async {
+        let (code, body) = op.probe("/readyz?verbose").await.ok()?;
+        *last.lock().ok()? = body;
+        (code == 200).then_some(())
+    })
+    .await
+    .with_context(|| {
+        format!(
+            "last answer: {}",
+            last.lock().map(|l| l.clone()).unwrap_or_default()
+        )
+    })
+}
+
 async fn wait_warning_event(env: &TestEnv, ns: &str, name: &str) -> Result<Event> {
     poll_until(LIMIT, &format!("the Warning Event on {name}"), || async {
         events_of(env, ns, name)
@@ -121,15 +138,14 @@ async fn an_undecodable_instance_is_skipped_reported_once_and_stops_nothing() ->
     let _flux = FluxSimulator::start(env.client.clone(), Some(&ns));
     let api: Api<ApplicationInstance> = Api::namespaced(env.client.clone(), &ns);
 
+    // `/readyz` includes the `cluster` check, which wants the Cluster.
+    create_cluster(&env, &ns, "push").await?;
     // Before the operator starts: its first list meets the poison.
     create_raw(&env, &ns, &instance("poison-before", Some(nested(200)))).await?;
     create(&api, "good-before").await?;
     let mut op = spawn_operator(&env, &ns, &format!("op-{}", unique_suffix()), &[])?;
     wait_ready(&api, "good-before").await?;
-    poll_until(LIMIT, "/readyz 200", || async {
-        (op.probe("/readyz").await.ok()?.0 == 200).then_some(())
-    })
-    .await?;
+    wait_readyz(&op).await?;
 
     // While it runs: its watch meets the poison.
     create_raw(&env, &ns, &instance("poison-after", Some(nested(200)))).await?;
@@ -163,10 +179,7 @@ async fn an_undecodable_instance_is_skipped_reported_once_and_stops_nothing() ->
     let mut op = spawn_operator(&env, &ns, &format!("op-{}", unique_suffix()), &[])?;
     create(&api, "good-restart").await?;
     wait_ready(&api, "good-restart").await?;
-    poll_until(LIMIT, "/readyz 200 after the restart", || async {
-        (op.probe("/readyz").await.ok()?.0 == 200).then_some(())
-    })
-    .await?;
+    wait_readyz(&op).await?;
     // A change to a good instance is still reconciled.
     api.patch(
         "good-before",

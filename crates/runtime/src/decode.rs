@@ -157,8 +157,8 @@ pub(crate) fn api_of<K: Resource<DynamicType = ()> + Clone>(
     }
 }
 
-/// Told about each object a watch skipped, the first time this process sees that version
-/// of it (the controller puts a Warning Event on its own objects).
+/// Told about each object a controller's primary watch skipped, the first time that
+/// watch meets that version of it (the controller puts a Warning Event on it).
 pub type SkipHook = Arc<dyn Fn(&KindName, &Undecodable) + Send + Sync>;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -192,7 +192,7 @@ fn seen() -> &'static Mutex<HashSet<(String, String, String)>> {
 const MAX_CAUSE: usize = 300;
 
 /// Report a skipped object: logged and counted once per object version per process.
-/// Returns whether this was the first report (the caller's hook runs only then).
+/// Returns whether this was the first report.
 pub(crate) fn report(kind: &KindName, bad: &Undecodable) -> bool {
     let m = &bad.metadata;
     let key = (

@@ -90,6 +90,7 @@ pub(crate) async fn drive<C, S>(
     let kind = KindName::of::<C>();
     let client = api.clone().into_client();
     let mut logged_sync = false;
+    let mut hooked = HashSet::new();
     loop {
         if let Some(interval) = recheck {
             wait_until_served(&client, &kind, interval, &owner, &mut sink).await;
@@ -115,8 +116,15 @@ pub(crate) async fn drive<C, S>(
                         Ok(event) => event,
                         Err(skipped) => {
                             let (bad, live) = *skipped;
-                            if decode::report(&kind, &bad)
-                                && let Some(hook) = &on_skip
+                            // Logged and counted once per process (another watch of the
+                            // kind may have met it first); the hook once per watch.
+                            decode::report(&kind, &bad);
+                            let version = (
+                                bad.metadata.uid.clone().unwrap_or_default(),
+                                bad.metadata.resource_version.clone().unwrap_or_default(),
+                            );
+                            if let Some(hook) = &on_skip
+                                && hooked.insert(version)
                             {
                                 hook(&kind, &bad);
                             }

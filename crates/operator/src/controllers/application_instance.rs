@@ -509,9 +509,10 @@ impl Child for HelmRelease {
 /// kind; the desired child has no status).
 ///
 /// Never adopts: the caches hold only labelled children, so a cache miss means "absent
-/// or not ours". The first apply therefore carries a `metadata.uid` no object can have:
-/// when the name is free the API server creates the child (and gives it its own uid);
-/// when it is taken the apply is refused as changing an immutable field, with nothing
+/// or not ours". The first apply therefore carries a `metadata.resourceVersion` no live
+/// object has: when the name is free the API server creates the child (a create ignores
+/// the version, and the field ownership is server-side apply's as for any apply); when
+/// it is taken the optimistic-concurrency check refuses the apply (409) with nothing
 /// written. Only then is the object's metadata read, to tell our own child that the
 /// cache has not seen yet (its owner reference names this instance: applied normally)
 /// from somebody else's ([`Error::Conflict`]). Force is used only on children the
@@ -551,10 +552,10 @@ where
             .map_err(apply_error)?
     } else {
         let mut guarded = desired.clone();
-        guarded.meta_mut().uid = Some(CREATE_ONLY_UID.to_owned());
+        guarded.meta_mut().resource_version = Some(CREATE_ONLY_VERSION.to_owned());
         match apply(&api, &name, &guarded, false).await {
             Ok(created) => created,
-            Err(kube::Error::Api(status)) if matches!(status.code, 409 | 422) => {
+            Err(kube::Error::Api(status)) if status.code == 409 => {
                 let existing =
                     api.get_metadata_opt(&name)
                         .await
@@ -571,7 +572,7 @@ where
                             .map_err(apply_error)?
                     }
                     Some(meta) => return Err(conflict::<C>(&meta.metadata)),
-                    // Not there: the refusal was about the child itself.
+                    // Gone meanwhile: the next reconcile creates it.
                     None => return Err(apply_error(kube::Error::Api(status))),
                 }
             }
@@ -585,9 +586,11 @@ where
     Ok(response)
 }
 
-/// The uid the first apply of a child carries: the API server replaces it when it creates
-/// the child and refuses it (uid is immutable) on any object that already exists.
-const CREATE_ONLY_UID: &str = "00000000-0000-0000-0000-000000000000";
+/// The resourceVersion the first apply of a child carries: etcd's first revision, which
+/// no HelmRelease or HelmRepository holds (they are written long after the cluster
+/// started), so the apply creates or fails, and never changes an existing object.
+/// Checked against the real API server by `tests/hardening.rs`.
+const CREATE_ONLY_VERSION: &str = "1";
 
 async fn apply<C: Child>(
     api: &Api<C>,
