@@ -415,7 +415,13 @@ async fn run(opts: Options) -> Result<ExitCode> {
     leader_metrics.set_leader(!opts.leader_elect);
 
     let health = Health::new();
-    checks::register(&health, client.clone(), readiness, leading_rx.clone());
+    checks::register(
+        &health,
+        client.clone(),
+        readiness,
+        leading_rx.clone(),
+        rest.forbidden(),
+    );
     // Only the leader runs the link; until it reports, and on a standby, the check passes.
     let controlplane_check = vworkspace_telemetry::health::CheckHandle::new();
     controlplane_check.set_ok();

@@ -720,6 +720,10 @@ where
     fn state(&mut self, state: SyncState) {
         self.feed.status.set(self.index, state);
     }
+
+    fn trouble(&mut self, trouble: Option<&str>) {
+        self.feed.status.set_trouble(self.index, trouble);
+    }
 }
 
 /// What every worker of one controller shares.

@@ -69,6 +69,6 @@ pub use shared::SharedWatch;
 pub use shutdown::{Shutdown, StopReason, Stopped};
 pub use status::{
     ControllerState, ControllerStatus, KindName, Readiness, SyncState, WatchStatus,
-    unsynced_message,
+    informers_message, unsynced_message,
 };
 pub use workqueue::{RateLimiterConfig, WorkQueue};

@@ -90,11 +90,14 @@ pub(crate) trait Subscriber<C>: Send {
     fn touched(&mut self, states: [Option<&C>; 2]);
     /// The shared watch's state.
     fn state(&mut self, state: SyncState);
+    /// The shared watch's trouble (see `WatchSink::trouble`).
+    fn trouble(&mut self, trouble: Option<&str>);
 }
 
 struct Hub<C: WatchedKind> {
     writer: Writer<C>,
     state: SyncState,
+    trouble: Option<String>,
     subscribers: BTreeMap<u64, Box<dyn Subscriber<C>>>,
     next_id: u64,
     task: Option<JoinHandle<()>>,
@@ -141,6 +144,7 @@ impl<C: WatchedKind> SharedWatch<C> {
                 hub: Mutex::new(Hub {
                     writer,
                     state: SyncState::Pending,
+                    trouble: None,
                     subscribers: BTreeMap::new(),
                     next_id: 0,
                     task: None,
@@ -193,6 +197,7 @@ impl<C: WatchedKind> SharedWatch<C> {
             }
         }
         subscriber.state(hub.state);
+        subscriber.trouble(hub.trouble.as_deref());
         let id = hub.next_id;
         hub.next_id += 1;
         hub.subscribers.insert(id, subscriber);
@@ -244,6 +249,7 @@ impl<C: WatchedKind> Drop for Subscription<C> {
             hub.generation += 1;
             // Whoever starts it again waits for a fresh list.
             hub.state = SyncState::Pending;
+            hub.trouble = None;
         }
     }
 }
@@ -317,6 +323,17 @@ impl<C: WatchedKind> WatchSink<C> for HubSink<C> {
                     }
                 }
             }
+        }
+    }
+
+    fn trouble(&mut self, trouble: Option<&str>) {
+        let mut hub = self.inner.lock();
+        if hub.generation != self.generation || hub.trouble.as_deref() == trouble {
+            return;
+        }
+        hub.trouble = trouble.map(str::to_owned);
+        for subscriber in hub.subscribers.values_mut() {
+            subscriber.trouble(trouble);
         }
     }
 

@@ -21,7 +21,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use kube::runtime::reflector::store::Writer;
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 use tracing::{debug, info, warn};
 
@@ -53,6 +53,9 @@ pub(crate) trait WatchSink<C: WatchedKind>: Send {
     fn event(&mut self, event: watcher::Event<C>);
     /// The watch's state changed (or was confirmed).
     fn state(&mut self, state: SyncState);
+    /// The watch's health after its first sync: `Some("re-listing")`, `Some("failing:
+    /// <error>")`, or `None` when it follows the API server again.
+    fn trouble(&mut self, trouble: Option<&str>);
     /// An object changed or was deleted into a state that cannot be decoded: forget it
     /// (as if it was deleted) until a decodable version arrives.
     fn skipped(&mut self, key: ObjectRef<C>);
@@ -91,83 +94,139 @@ pub(crate) async fn drive<C, S>(
     let client = api.clone().into_client();
     let mut logged_sync = false;
     let mut hooked = HashSet::new();
-    loop {
+    let mut backoff = Backoff::default();
+    let mut failures = FailureLog::default();
+    'served: loop {
         if let Some(interval) = recheck {
             wait_until_served(&client, &kind, interval, &owner, &mut sink).await;
         }
-        // Items are decoded one by one: an undecodable object is skipped, not a failed list.
-        let mut events =
-            std::pin::pin!(watcher(decode::api_of(&api), config.clone()).default_backoff());
-        let mut failures = FailureLog::default();
-        loop {
-            let Some(event) = events.next().await else {
-                return;
-            };
-            match event {
-                Ok(event) => {
-                    if let Some(failed) = failures.recovered() {
-                        info!(controller = %owner, kind = %kind, failures = failed, "watch recovered");
-                    }
-                    // No controller reads managedFields; they are often the largest part
-                    // of an object, so the caches do without them (controller-runtime's
-                    // TransformStripManagedFields).
-                    let event = event.modify(|obj| obj.managed_fields_mut().clear());
-                    let event = match decoded(event) {
-                        Ok(event) => event,
-                        Err(skipped) => {
-                            let (bad, live) = *skipped;
-                            // Logged and counted once per process (another watch of the
-                            // kind may have met it first); the hook once per watch.
-                            decode::report(&kind, &bad);
-                            let version = (
-                                bad.metadata.uid.clone().unwrap_or_default(),
-                                bad.metadata.resource_version.clone().unwrap_or_default(),
-                            );
-                            if let Some(hook) = &on_skip
-                                && hooked.insert(version)
-                            {
-                                hook(&kind, &bad);
-                            }
-                            if live {
-                                let meta = &bad.metadata;
-                                let key =
-                                    ObjectRef::<C>::new(meta.name.as_deref().unwrap_or_default());
-                                let key = match meta.namespace.as_deref() {
-                                    Some(ns) => key.within(ns),
-                                    None => key,
-                                };
-                                sink.skipped(key);
-                            }
-                            continue;
+        'stream: loop {
+            // Items are decoded one by one: an undecodable object is skipped, not a failed list.
+            // No backoff inside the stream: a failure ends it, and after our own backoff a
+            // fresh stream lists again (below).
+            let mut events = std::pin::pin!(watcher(decode::api_of(&api), config.clone()));
+            loop {
+                let Some(event) = events.next().await else {
+                    return;
+                };
+                match event {
+                    Ok(event) => {
+                        if let Some(failed) = failures.recovered() {
+                            info!(controller = %owner, kind = %kind, failures = failed, "watch recovered");
                         }
-                    };
-                    let listed = matches!(event, watcher::Event::InitDone);
-                    sink.event(event);
-                    if listed {
-                        if !std::mem::replace(&mut logged_sync, true) {
-                            debug!(controller = %owner, kind = %kind, "cache synced");
+                        // No controller reads managedFields; they are often the largest part
+                        // of an object, so the caches do without them (controller-runtime's
+                        // TransformStripManagedFields).
+                        let event = event.modify(|obj| obj.managed_fields_mut().clear());
+                        let event = match decoded(event) {
+                            Ok(event) => event,
+                            Err(skipped) => {
+                                let (bad, live) = *skipped;
+                                // Logged and counted once per process (another watch of the
+                                // kind may have met it first); the hook once per watch.
+                                decode::report(&kind, &bad);
+                                let version = (
+                                    bad.metadata.uid.clone().unwrap_or_default(),
+                                    bad.metadata.resource_version.clone().unwrap_or_default(),
+                                );
+                                if let Some(hook) = &on_skip
+                                    && hooked.insert(version)
+                                {
+                                    hook(&kind, &bad);
+                                }
+                                if live {
+                                    let meta = &bad.metadata;
+                                    let key = ObjectRef::<C>::new(
+                                        meta.name.as_deref().unwrap_or_default(),
+                                    );
+                                    let key = match meta.namespace.as_deref() {
+                                        Some(ns) => key.within(ns),
+                                        None => key,
+                                    };
+                                    sink.skipped(key);
+                                }
+                                continue;
+                            }
+                        };
+                        let listed = matches!(event, watcher::Event::InitDone);
+                        if matches!(event, watcher::Event::Init) && logged_sync {
+                            sink.trouble(Some(RELISTING));
                         }
-                        sink.state(SyncState::Synced);
+                        sink.event(event);
+                        if listed {
+                            if !std::mem::replace(&mut logged_sync, true) {
+                                debug!(controller = %owner, kind = %kind, "cache synced");
+                            }
+                            sink.state(SyncState::Synced);
+                            sink.trouble(None);
+                            backoff.reset();
+                        }
                     }
-                }
-                Err(err) => {
-                    if let Some(suppressed) = failures.failed() {
+                    Err(err) => {
                         // Bounded: an error may quote a whole response body.
                         let text = err.to_string();
                         let error = text
                             .get(..text.floor_char_boundary(MAX_LOGGED_ERROR))
                             .unwrap_or(&text);
-                        warn!(controller = %owner, kind = %kind, error, suppressed, "watch failed; retrying with backoff");
-                    }
-                    if recheck.is_some() && matches!(is_served(&client, &kind).await, Ok(false)) {
-                        info!(controller = %owner, kind = %kind, "optional kind is no longer served; forgetting its objects");
-                        sink.event(watcher::Event::Init);
-                        sink.event(watcher::Event::InitDone);
-                        break;
+                        if let Some(suppressed) = failures.failed() {
+                            warn!(controller = %owner, kind = %kind, error, suppressed, "watch failed; retrying with backoff");
+                        }
+                        let reason = error
+                            .get(..error.floor_char_boundary(MAX_TROUBLE))
+                            .unwrap_or(error);
+                        sink.trouble(Some(&format!("failing: {reason}")));
+                        if recheck.is_some() && matches!(is_served(&client, &kind).await, Ok(false))
+                        {
+                            info!(controller = %owner, kind = %kind, "optional kind is no longer served; forgetting its objects");
+                            sink.event(watcher::Event::Init);
+                            sink.event(watcher::Event::InitDone);
+                            sink.trouble(None);
+                            continue 'served;
+                        }
+                        tokio::time::sleep(backoff.next_delay()).await;
+                        // A fresh list: whatever was missed while the watch was down is
+                        // caught up at once, and readiness turns only once it has been.
+                        continue 'stream;
                     }
                 }
             }
         }
+    }
+}
+
+/// What `informers` says of a synced watch that is listing again.
+const RELISTING: &str = "re-listing";
+
+/// Longest error a watch's readiness trouble carries.
+const MAX_TROUBLE: usize = 200;
+
+/// Exponential backoff with jitter between failed watch attempts: from 250 ms, doubling,
+/// at most [`Backoff::MAX`] (so a watch is back within a few seconds of the API server),
+/// reset by a complete list.
+#[derive(Debug, Default)]
+struct Backoff {
+    failures: u32,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(250);
+    const MAX: Duration = Duration::from_secs(4);
+
+    fn next_delay(&mut self) -> Duration {
+        let base = Self::FIRST
+            .saturating_mul(1 << self.failures.min(8))
+            .min(Self::MAX);
+        self.failures = self.failures.saturating_add(1);
+        // Jitter: 75%..125% of the base, from std's randomly seeded hasher.
+        use std::hash::{BuildHasher, Hasher};
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u32(self.failures);
+        let spread = (hasher.finish() % 501) as u32; // 0..=500 per mille
+        base.mul_f64(0.75) + base.mul_f64(0.5) * spread / 500
+    }
+
+    fn reset(&mut self) {
+        self.failures = 0;
     }
 }
 
@@ -351,6 +410,10 @@ impl<K: WatchedKind> WatchSink<K> for PrimarySink<K> {
         self.feed.status.set(self.index, state);
     }
 
+    fn trouble(&mut self, trouble: Option<&str>) {
+        self.feed.status.set_trouble(self.index, trouble);
+    }
+
     fn skipped(&mut self, key: ObjectRef<K>) {
         if let Some(cached) = self.reader.get(&key) {
             self.writer
@@ -443,6 +506,10 @@ where
         self.feed.status.set(self.index, state);
     }
 
+    fn trouble(&mut self, trouble: Option<&str>) {
+        self.feed.status.set_trouble(self.index, trouble);
+    }
+
     fn skipped(&mut self, key: ObjectRef<C>) {
         for key in self.mapped.remove(&key).into_iter().flatten() {
             self.feed.queue.add(key);
@@ -452,7 +519,27 @@ where
 
 #[cfg(test)]
 mod tests {
-    use super::FailureLog;
+    use std::time::Duration;
+
+    use super::{Backoff, FailureLog};
+
+    #[test]
+    fn backoff_grows_with_jitter_to_a_few_seconds_and_resets() {
+        let mut backoff = Backoff::default();
+        let delays: Vec<Duration> = (0..10).map(|_| backoff.next_delay()).collect();
+        assert!(delays[0] >= Duration::from_millis(187) && delays[0] <= Duration::from_millis(313));
+        assert!(delays[3] >= Duration::from_millis(1500), "{delays:?}");
+        assert!(
+            delays.iter().all(|d| *d <= Duration::from_secs(5)),
+            "{delays:?}"
+        );
+        assert!(
+            delays[9] >= Duration::from_secs(3),
+            "capped, not reset: {delays:?}"
+        );
+        backoff.reset();
+        assert!(backoff.next_delay() <= Duration::from_millis(313));
+    }
 
     #[test]
     fn failures_are_logged_once_per_interval_and_counted() {
