@@ -597,6 +597,7 @@ impl<K: WatchedKind> Controller<K> {
             observers,
             reporter,
             cut_off: AtomicUsize::new(0),
+            retry_logged: Default::default(),
         });
         let mut tasks = JoinSet::new();
         let stop = match stopped_early {
@@ -738,7 +739,14 @@ struct Workers<K: WatchedKind, Ctx, F> {
     reporter: Option<Reporter<K>>,
     /// Reconciles whose future was dropped before it finished (shutdown cut them off).
     cut_off: AtomicUsize,
+    /// When each key's retryable error was last logged at warn (see [`RETRY_LOG_EVERY`]).
+    retry_logged: std::sync::Mutex<std::collections::HashMap<ObjectRef<K>, (Instant, u64)>>,
 }
+
+/// A key that keeps failing with retryable errors (an API server outage) is logged at
+/// warn at most this often, with the number of failures not logged; the others go to
+/// debug.
+const RETRY_LOG_EVERY: Duration = Duration::from_secs(30);
 
 /// A key being worked on: marks it done and the worker idle however the work ends, and
 /// counts it as cut off if it did not end by itself.
@@ -784,6 +792,37 @@ where
         }
     }
 
+    /// A retryable failure of `key`: `Some(failures not logged since the last warn)` when
+    /// this one is to be logged at warn.
+    fn retry_log(&self, key: &ObjectRef<K>) -> Option<u64> {
+        let mut logged = self
+            .retry_logged
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = Instant::now();
+        match logged.get_mut(key) {
+            Some((at, suppressed)) if now.duration_since(*at) < RETRY_LOG_EVERY => {
+                *suppressed += 1;
+                None
+            }
+            Some((at, suppressed)) => {
+                *at = now;
+                Some(std::mem::take(suppressed))
+            }
+            None => {
+                logged.insert(key.clone(), (now, 0));
+                Some(0)
+            }
+        }
+    }
+
+    fn retry_forget(&self, key: &ObjectRef<K>) {
+        self.retry_logged
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(key);
+    }
+
     async fn reconcile_key(&self, key: &ObjectRef<K>) {
         let event = match self.store.get(key) {
             Some(obj) => Event::Apply(obj),
@@ -808,6 +847,7 @@ where
 
             let (result, error_category, report) = match outcome {
                 Ok(Ok(Action::Done)) => {
+                    self.retry_forget(key);
                     // A success supersedes what an earlier reconcile scheduled (a
                     // RequeueAfter, a backoff retry): it is stale now.
                     self.queue.forget(key);
@@ -835,7 +875,10 @@ where
                         self.queue.add_rate_limited(key.clone());
                         // Retried with backoff: the spec logs retryable failures at warn
                         // and keeps error for what will not fix itself.
-                        warn!(error = %error_chain(&err), category, "Reconciler error; retrying");
+                        match self.retry_log(key) {
+                            Some(suppressed) => warn!(error = %error_chain(&err), category, suppressed, "Reconciler error; retrying"),
+                            None => debug!(error = %error_chain(&err), category, "Reconciler error; retrying"),
+                        }
                     }
                     let report = self.reporter.is_some().then(|| ErrorReport::of(&err));
                     (ReconcileResult::Error, Some(category), report)
@@ -1089,6 +1132,7 @@ mod tests {
             }],
             reporter: None,
             cut_off: AtomicUsize::new(0),
+            retry_logged: Default::default(),
         };
         for name in ["present", "gone", "failing", "invalid", "panicking"] {
             workers

@@ -96,6 +96,7 @@ pub(crate) async fn drive<C, S>(
     let mut hooked = HashSet::new();
     let mut backoff = Backoff::default();
     let mut failures = FailureLog::default();
+    let mut failing = false;
     'served: loop {
         if let Some(interval) = recheck {
             wait_until_served(&client, &kind, interval, &owner, &mut sink).await;
@@ -111,7 +112,12 @@ pub(crate) async fn drive<C, S>(
                 };
                 match event {
                     Ok(event) => {
-                        if let Some(failed) = failures.recovered() {
+                        // `Init` comes before the list request is sent: no sign of
+                        // recovery yet.
+                        if !matches!(event, watcher::Event::Init)
+                            && let Some(failed) = failures.recovered()
+                        {
+                            failing = false;
                             info!(controller = %owner, kind = %kind, failures = failed, "watch recovered");
                         }
                         // No controller reads managedFields; they are often the largest part
@@ -149,7 +155,7 @@ pub(crate) async fn drive<C, S>(
                             }
                         };
                         let listed = matches!(event, watcher::Event::InitDone);
-                        if matches!(event, watcher::Event::Init) && logged_sync {
+                        if matches!(event, watcher::Event::Init) && logged_sync && !failing {
                             sink.trouble(Some(RELISTING));
                         }
                         sink.event(event);
@@ -168,8 +174,11 @@ pub(crate) async fn drive<C, S>(
                         let error = text
                             .get(..text.floor_char_boundary(MAX_LOGGED_ERROR))
                             .unwrap_or(&text);
-                        if let Some(suppressed) = failures.failed() {
-                            warn!(controller = %owner, kind = %kind, error, suppressed, "watch failed; retrying with backoff");
+                        failing = true;
+                        if failures.failed().is_some()
+                            && let Some(suppressed) = process_failure_log()
+                        {
+                            warn!(controller = %owner, kind = %kind, error, suppressed, "watch failed; retrying with backoff (/readyz names every failing watch)");
                         }
                         let reason = error
                             .get(..error.floor_char_boundary(MAX_TROUBLE))
@@ -191,6 +200,30 @@ pub(crate) async fn drive<C, S>(
                 }
             }
         }
+    }
+}
+
+/// Across every watch of the process, at most one failure line per [`FailureLog::EVERY`]:
+/// an API server outage fails every watch at once, and one line says it (`/readyz`
+/// names each failing watch and why). `Some(failures not logged since)` when due.
+fn process_failure_log() -> Option<u64> {
+    static LOG: std::sync::Mutex<FailureLog> = std::sync::Mutex::new(FailureLog {
+        last_logged: None,
+        suppressed: 0,
+        total: 0,
+    });
+    let mut log = LOG
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let due = log
+        .last_logged
+        .is_none_or(|at| at.elapsed() >= FailureLog::EVERY);
+    if due {
+        log.last_logged = Some(std::time::Instant::now());
+        Some(std::mem::take(&mut log.suppressed))
+    } else {
+        log.suppressed += 1;
+        None
     }
 }
 
