@@ -8,6 +8,8 @@
 //!   not started;
 //! * a watch is [`SyncState::Synced`] from its first complete list on; re-lists after
 //!   watch errors do not make it pending again (as controller-runtime's `HasSynced`);
+//!   instead its `trouble` says it is failing (with the error) or re-listing, until its
+//!   next complete list, and [`informers_message`] names it;
 //! * an optional kind that is not served is [`SyncState::Missing`], which counts as
 //!   synced; when it appears it is [`SyncState::Pending`] until its first list is done;
 //! * [`ControllerStatus::synced`] and the controller's `synced()` signal agree: every
