@@ -476,6 +476,9 @@ pub mod errors {
     pub const READ_FAILED: &str = "ReadFailed";
     /// The reconcile panicked (a bug); retried.
     pub const PANIC: &str = "Panic";
+    /// A child's name is taken by an object this instance did not create; it is left
+    /// untouched and the instance is not retried until it changes.
+    pub const CHILD_CONFLICT: &str = "ChildConflict";
 
     /// Every category.
     pub const ALL: &[&str] = &[
@@ -486,6 +489,7 @@ pub mod errors {
         STATUS_WRITE_FAILED,
         READ_FAILED,
         PANIC,
+        CHILD_CONFLICT,
     ];
 
     /// True when `reason` is an error category.

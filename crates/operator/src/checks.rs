@@ -9,10 +9,15 @@
 //!   which one is not (a standby replica is ready: it is healthy and waiting, and
 //!   scraping must keep working for it).
 //!
-//! Each check runs when probed, with the telemetry crate's timeout, and returns a
-//! reason a person can act on.
+//! No check calls the API server when probed: each answers from a result kept current
+//! in the background (see [`register`]), so probes cost nothing and never log. Every
+//! failure carries a reason a person can act on.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures::StreamExt;
+use kube::runtime::{WatchStreamExt, watcher};
 
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
@@ -23,39 +28,210 @@ use kube::api::{Api, PostParams};
 use tokio::sync::watch;
 use vworkspace_reconcile::cluster::CrdCheck;
 use vworkspace_runtime::Readiness;
-use vworkspace_telemetry::health::Health;
+use vworkspace_telemetry::health::{CheckHandle, Health};
 
-/// Register the operator's readiness checks.
+/// How often the operator's permissions are verified again without a reason to.
+pub const RBAC_RECHECK: Duration = Duration::from_secs(10 * 60);
+/// Least time between two RBAC verifications (403s may come in bursts).
+const RBAC_SPACING: Duration = Duration::from_secs(30);
+/// How soon a verification that could not be done (API server unreachable) is retried.
+const RBAC_RETRY: Duration = Duration::from_secs(5);
+
+/// Register the operator's readiness checks. Each is answered from a result kept current
+/// in the background, so a probe costs no API request: `crds` and `flux` from watches
+/// of the five CRDs (by name), `rbac` from SelfSubjectAccessReviews at start-up, every
+/// [`RBAC_RECHECK`] and after any 403 the client gets (`forbidden` counts them),
+/// `informers` from the controllers' watch states.
 pub fn register(
     health: &Health,
     client: Client,
     readiness: Readiness,
     leading: watch::Receiver<bool>,
+    forbidden: watch::Receiver<u64>,
 ) {
-    let expected = Arc::new(vworkspace_api::crds::operator_crds());
-    let crd_client = client.clone();
-    health.add_readiness_check("crds", move || {
-        let client = crd_client.clone();
-        let expected = expected.clone();
-        async move { check_crds(client, &expected).await }
-    });
-    let flux_client = client.clone();
-    health.add_readiness_check("flux", move || {
-        let client = flux_client.clone();
-        async move { check_flux(client).await }
-    });
-    let rbac_client = client;
-    health.add_readiness_check("rbac", move || {
-        let client = rbac_client.clone();
-        async move { check_rbac(client).await }
-    });
+    let crds = health.readiness_handle("crds");
+    let flux = health.readiness_handle("flux");
+    crds.set_failing("CRDs not read yet");
+    flux.set_failing("CRDs not read yet");
+    tokio::spawn(follow_crds(client.clone(), crds, flux));
+    let rbac = health.readiness_handle("rbac");
+    rbac.set_failing("permissions not verified yet");
+    tokio::spawn(keep_rbac(client, rbac, forbidden));
     health.add_readiness_check("informers", move || {
-        // e.g. "applicationinstance: cache of helm.toolkit.fluxcd.io/v2 HelmRelease not synced"
+        // e.g. "applicationinstance: cache of helm.toolkit.fluxcd.io/v2 HelmRelease not
+        // synced", "... watch of v1 Namespace failing: <error>"
         let unsynced = (*leading.borrow())
-            .then(|| readiness.unsynced_message())
+            .then(|| readiness.informers_message())
             .flatten();
         async move { unsynced.map_or(Ok(()), Err) }
     });
+}
+
+/// What the watch of one CRD has seen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Seen {
+    /// Its first list has not completed.
+    Unknown,
+    /// Not there, or not Established.
+    Missing,
+    /// Established; whether it serves the schema this binary was built with.
+    Established { matches: bool },
+}
+
+/// Watch the operator's and Flux's CRDs by name and keep `crds` and `flux` current. No
+/// object is kept: each event is judged and dropped.
+async fn follow_crds(client: Client, crds: CheckHandle, flux: CheckHandle) {
+    let expected = vworkspace_api::crds::operator_crds();
+    let api: Api<CustomResourceDefinition> = Api::all(client);
+    let names: Vec<&'static str> = REQUIRED.iter().chain(FLUX.iter()).copied().collect();
+    let mut seen: BTreeMap<&'static str, Seen> =
+        names.iter().map(|n| (*n, Seen::Unknown)).collect();
+    let mut listed: BTreeMap<&'static str, bool> = BTreeMap::new();
+    let mut last_error: Option<String> = None;
+    let streams = names.iter().map(|name| {
+        let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+        watcher(api.clone(), config)
+            .default_backoff()
+            .map(move |event| (*name, event))
+            .boxed()
+    });
+    let mut events = futures::stream::select_all(streams);
+    while let Some((name, event)) = events.next().await {
+        match event {
+            Ok(watcher::Event::Init) => {
+                listed.insert(name, false);
+            }
+            Ok(watcher::Event::InitApply(crd) | watcher::Event::Apply(crd)) => {
+                listed.insert(name, true);
+                seen.insert(name, judge(&crd, &expected));
+            }
+            Ok(watcher::Event::Delete(_)) => {
+                seen.insert(name, Seen::Missing);
+            }
+            Ok(watcher::Event::InitDone) => {
+                if listed.get(name) == Some(&false) {
+                    seen.insert(name, Seen::Missing);
+                }
+            }
+            Err(err) => {
+                // Kept for as long as nothing is known; a known verdict stands (the
+                // informers check says when the API server is away).
+                last_error = Some(err.to_string());
+                continue;
+            }
+        }
+        crds.set(crds_verdict(&seen, last_error.as_deref()));
+        flux.set(flux_verdict(&seen, last_error.as_deref()));
+    }
+}
+
+fn judge(crd: &CustomResourceDefinition, expected: &[CustomResourceDefinition]) -> Seen {
+    let established = crd
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| {
+            c.iter()
+                .any(|c| c.type_ == "Established" && c.status == "True")
+        });
+    if !established {
+        return Seen::Missing;
+    }
+    let matches = expected
+        .iter()
+        .find(|want| want.metadata.name == crd.metadata.name)
+        .is_none_or(|want| schema_of(crd) == schema_of(want));
+    Seen::Established { matches }
+}
+
+fn unknown(last_error: Option<&str>) -> String {
+    match last_error {
+        Some(err) => format!("cannot read CRDs: {err}"),
+        None => "CRDs not read yet".to_owned(),
+    }
+}
+
+fn crds_verdict(
+    seen: &BTreeMap<&'static str, Seen>,
+    last_error: Option<&str>,
+) -> Result<(), String> {
+    let of = |name: &str| seen.get(name).cloned().unwrap_or(Seen::Unknown);
+    if REQUIRED.iter().any(|n| of(n) == Seen::Unknown) {
+        return Err(unknown(last_error));
+    }
+    let missing: Vec<String> = REQUIRED
+        .iter()
+        .filter(|n| of(n) == Seen::Missing)
+        .map(|n| format!("{n} is not installed or not Established"))
+        .collect();
+    if !missing.is_empty() {
+        return Err(missing.join("; "));
+    }
+    let mismatch: Vec<&str> = REQUIRED
+        .iter()
+        .filter(|n| of(n) == Seen::Established { matches: false })
+        .copied()
+        .collect();
+    if mismatch.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} serve a different schema than this operator expects; apply deploy/crds",
+            mismatch.join(", ")
+        ))
+    }
+}
+
+fn flux_verdict(
+    seen: &BTreeMap<&'static str, Seen>,
+    last_error: Option<&str>,
+) -> Result<(), String> {
+    let of = |name: &str| seen.get(name).cloned().unwrap_or(Seen::Unknown);
+    if FLUX.iter().any(|n| of(n) == Seen::Unknown) {
+        return Err(unknown(last_error));
+    }
+    let missing: Vec<&str> = FLUX
+        .iter()
+        .filter(|n| of(n) == Seen::Missing)
+        .copied()
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} not installed: install Flux (source-controller and helm-controller)",
+            missing.join(", ")
+        ))
+    }
+}
+
+/// Verify the permissions now, then every [`RBAC_RECHECK`], and again (at most every
+/// [`RBAC_SPACING`]) after a 403.
+async fn keep_rbac(client: Client, handle: CheckHandle, mut forbidden: watch::Receiver<u64>) {
+    loop {
+        forbidden.borrow_and_update();
+        match check_rbac(client.clone()).await {
+            Rbac::Verified(verdict) => handle.set(verdict),
+            Rbac::Unknown(why) => {
+                // Nothing learned: a verdict already known stands; retry soon.
+                if handle.status().is_err() {
+                    handle.set_failing(why);
+                }
+                tokio::time::sleep(RBAC_RETRY).await;
+                continue;
+            }
+        }
+        tokio::time::sleep(RBAC_SPACING).await;
+        tokio::select! {
+            () = tokio::time::sleep(RBAC_RECHECK.saturating_sub(RBAC_SPACING)) => {}
+            changed = forbidden.changed() => {
+                if changed.is_err() {
+                    // The client is gone; only the timer is left.
+                    tokio::time::sleep(RBAC_RECHECK).await;
+                }
+            }
+        }
+    }
 }
 
 /// The CRDs the controllers need now (AuditBatch is only used in Push mode).
@@ -64,22 +240,6 @@ const REQUIRED: [&str; 3] = [
     "operations.vworkspace.io",
     "clusters.vworkspace.io",
 ];
-
-async fn check_crds(client: Client, expected: &[CustomResourceDefinition]) -> Result<(), String> {
-    match compare_crds(client, expected).await {
-        Ok(CrdCheck::Matches) => Ok(()),
-        Ok(CrdCheck::Missing(names)) => Err(names
-            .iter()
-            .map(|n| format!("{n} is not installed or not Established"))
-            .collect::<Vec<_>>()
-            .join("; ")),
-        Ok(CrdCheck::Mismatch(names)) => Err(format!(
-            "{} serve a different schema than this operator expects; apply deploy/crds",
-            names.join(", ")
-        )),
-        Err(err) => Err(format!("cannot read CRDs: {err}")),
-    }
-}
 
 /// How the served CRDs compare with this binary's (the `crds` check and the Cluster's
 /// `CRDsRegistered` condition).
@@ -143,26 +303,6 @@ const FLUX: [&str; 2] = [
     "helmrepositories.source.toolkit.fluxcd.io",
 ];
 
-async fn check_flux(client: Client) -> Result<(), String> {
-    let api: Api<CustomResourceDefinition> = Api::all(client);
-    let mut missing = Vec::new();
-    for name in FLUX {
-        match api.get_opt(name).await {
-            Ok(Some(_)) => {}
-            Ok(None) => missing.push(name),
-            Err(err) => return Err(format!("cannot read CRDs: {err}")),
-        }
-    }
-    if missing.is_empty() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{} not installed: install Flux (source-controller and helm-controller)",
-            missing.join(", ")
-        ))
-    }
-}
-
 /// (verb, group, resource, subresource) the operator needs cluster-wide.
 const PERMISSIONS: &[(&str, &str, &str, &str)] = &[
     ("list", "vworkspace.io", "applicationinstances", ""),
@@ -222,7 +362,15 @@ const PERMISSIONS: &[(&str, &str, &str, &str)] = &[
     ("get", "", "configmaps", ""),
 ];
 
-async fn check_rbac(client: Client) -> Result<(), String> {
+/// The outcome of one verification of the permissions.
+enum Rbac {
+    /// Every permission allowed (`Ok`), or the ones denied.
+    Verified(Result<(), String>),
+    /// A review could not be made.
+    Unknown(String),
+}
+
+async fn check_rbac(client: Client) -> Rbac {
     let api: Api<SelfSubjectAccessReview> = Api::all(client);
     let mut denied = Vec::new();
     for (verb, group, resource, subresource) in PERMISSIONS {
@@ -239,10 +387,10 @@ async fn check_rbac(client: Client) -> Result<(), String> {
             },
             ..SelfSubjectAccessReview::default()
         };
-        let answer = api
-            .create(&PostParams::default(), &review)
-            .await
-            .map_err(|e| format!("SelfSubjectAccessReview failed: {e}"))?;
+        let answer = match api.create(&PostParams::default(), &review).await {
+            Ok(answer) => answer,
+            Err(e) => return Rbac::Unknown(format!("SelfSubjectAccessReview failed: {e}")),
+        };
         if !answer.status.is_some_and(|s| s.allowed) {
             let what = if subresource.is_empty() {
                 format!("{verb} {resource}.{group}")
@@ -252,9 +400,9 @@ async fn check_rbac(client: Client) -> Result<(), String> {
             denied.push(what);
         }
     }
-    if denied.is_empty() {
+    Rbac::Verified(if denied.is_empty() {
         Ok(())
     } else {
         Err(format!("missing permissions: {}", denied.join(", ")))
-    }
+    })
 }

@@ -35,7 +35,7 @@ use vworkspace_reconcile::cluster::AuditView;
 use vworkspace_runtime::{
     Controller, Readiness, ReconcileResult, RuntimeMetrics, SharedWatch, Shutdown,
 };
-use vworkspace_telemetry::health::{Health, serve_metrics};
+use vworkspace_telemetry::health::{self, Health, serve_metrics_on};
 use vworkspace_telemetry::logging::{self, LogOptions};
 use vworkspace_telemetry::metrics::{
     AgentMetrics, ClusterMetrics, Controller as ControllerLabel, LeaderElectionMetrics,
@@ -109,8 +109,14 @@ async fn run(opts: Options) -> Result<ExitCode> {
         operator_version: operator_version(),
         filter: None,
     })?;
-    let metrics_addr = opts.metrics_bind_address.clone();
-    let probe_addr = opts.health_probe_bind_address.clone();
+    // Both servers are bound before anything starts: a port in use stops the operator
+    // here, naming the flag and the address, with a non-zero exit.
+    let metrics_listener = health::bind(&opts.metrics_bind_address)
+        .await
+        .context("--metrics-bind-address")?;
+    let probe_listener = health::bind(&opts.health_probe_bind_address)
+        .await
+        .context("--health-probe-bind-address")?;
 
     let mut registry = Registry::default();
     let reconcile_metrics = ReconcileMetrics::register(&mut registry);
@@ -242,6 +248,9 @@ async fn run(opts: Options) -> Result<ExitCode> {
         .report_errors(controllers::application_instance::reporter(Arc::clone(
             &ai_ctx,
         )))
+        .on_undecodable(controllers::application_instance::undecodable_reporter(
+            Arc::clone(&ai_ctx),
+        ))
         .max_concurrent_reconciles(opts.max_concurrent_reconciles.get())
         .on_reconcile(spec_metrics(
             &reconcile_metrics,
@@ -410,7 +419,13 @@ async fn run(opts: Options) -> Result<ExitCode> {
     leader_metrics.set_leader(!opts.leader_elect);
 
     let health = Health::new();
-    checks::register(&health, client.clone(), readiness, leading_rx.clone());
+    checks::register(
+        &health,
+        client.clone(),
+        readiness,
+        leading_rx.clone(),
+        rest.forbidden(),
+    );
     // Only the leader runs the link; until it reports, and on a standby, the check passes.
     let controlplane_check = vworkspace_telemetry::health::CheckHandle::new();
     controlplane_check.set_ok();
@@ -435,8 +450,24 @@ async fn run(opts: Options) -> Result<ExitCode> {
     });
 
     let registry = Arc::new(registry);
-    let metrics_server = tokio::spawn(serve_metrics(metrics_addr, registry, shutdown()));
-    let probe_server = tokio::spawn(health.serve(probe_addr, shutdown()));
+    let metrics_server = tokio::spawn({
+        let stop = shutdown();
+        async move {
+            match metrics_listener {
+                Some(listener) => serve_metrics_on(listener, registry, stop).await,
+                None => Ok(()),
+            }
+        }
+    });
+    let probe_server = tokio::spawn({
+        let serve = probe_listener.map(|listener| health.serve_on(listener, shutdown()));
+        async move {
+            match serve {
+                Some(serve) => serve.await,
+                None => Ok(()),
+            }
+        }
+    });
 
     let elector = opts.leader_elect.then(|| {
         leader::Elector::new(

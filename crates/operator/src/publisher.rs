@@ -307,16 +307,36 @@ impl Publisher {
             ..Event::default()
         };
         let api: Api<Event> = Api::namespaced(self.client.clone(), &namespace);
+        let mut first_failure = false;
         let outcome = match api.create(&PostParams::default(), &event).await {
             Ok(_) => Published::New,
             Err(kube::Error::Api(status)) if status.code == 409 => Published::Repeated,
             Err(err) => {
-                tracing::warn!(error = %err, event = %record.kind, event_id, "cannot write the Kubernetes Event; the audit event is still sent");
+                first_failure = unwritten(&event_id);
+                if first_failure {
+                    tracing::warn!(error = %err, event = %record.kind, event_id, "cannot write the Kubernetes Event; the audit event is still sent");
+                } else {
+                    tracing::debug!(error = %err, event = %record.kind, event_id, "cannot write the Kubernetes Event (again)");
+                }
                 Published::EventNotWritten
             }
         };
         if outcome == Published::Repeated {
             tracing::debug!(event = %record.kind, event_id, "transition published before; not sent again");
+            return outcome;
+        }
+        // A transition retried while its Event cannot be written (an API server outage)
+        // is logged once, at its first attempt, not once per retry.
+        let logged_before = match outcome {
+            Published::EventNotWritten => !first_failure,
+            _ => UNWRITTEN
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(&event_id),
+        };
+        if logged_before {
+            tracing::debug!(event = %record.kind, event_id, "transition published again");
+            self.sink.submit(audit);
             return outcome;
         }
         // tracing fixes a call site's level at compile time: the spec logs every transition
@@ -341,6 +361,18 @@ impl Publisher {
         self.sink.submit(audit);
         outcome
     }
+}
+
+/// The event_ids whose Event could not be written (and whose transition was logged).
+static UNWRITTEN: std::sync::Mutex<std::collections::BTreeSet<String>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+/// Record `event_id` as unwritten; `true` if it was not recorded yet.
+fn unwritten(event_id: &str) -> bool {
+    UNWRITTEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .insert(event_id.to_owned())
 }
 
 /// `message` cut to at most `max` bytes, on a character boundary.

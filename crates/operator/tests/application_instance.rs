@@ -102,11 +102,29 @@ async fn wait_events(
     }
 }
 
+/// `rest_client_requests_total{code="201",method="POST"}` to the test cluster.
+fn created_posts(m: &Exposition) -> f64 {
+    m.series(
+        "rest_client_requests_total",
+        &[("code", "201"), ("method", "POST")],
+    )
+    .filter(|s| s.label("host").is_some_and(|h| h.starts_with("127.0.0.1:")))
+    .map(|s| s.value)
+    .sum()
+}
+
 #[tokio::test]
 async fn lifecycle_events_metrics_logs_and_secrets() -> Result<()> {
     let (env, ns) = setup("ai").await?;
     let flux = FluxSimulator::start(env.client.clone(), Some(&ns));
     let mut op = spawn_operator(&env, &ns, &format!("op-{}", unique_suffix()), &[])?;
+    // The RBAC readiness check's SelfSubjectAccessReviews (POST 201) run once at
+    // start-up: count the POSTs from when they are done.
+    poll_until(LIMIT, "/readyz/rbac 200", || async {
+        (op.probe("/readyz/rbac").await.ok()?.0 == 200).then_some(())
+    })
+    .await?;
+    let posts_at_start = created_posts(&Exposition::parse(&op.metrics().await?)?);
     let canary = format!("canary-{}-s3cr3t", unique_suffix());
 
     // The chart-value secret whose content must never leave the Secret.
@@ -284,16 +302,9 @@ async fn lifecycle_events_metrics_logs_and_secrets() -> Result<()> {
     ensure!(m.value("workqueue_depth", &[AI, ("name", "applicationinstance")]) == Some(0.0));
     // Every Event was a POST answered 201, counted by the client layer with the API
     // server's host:port.
-    let posts_created: f64 = m
-        .series(
-            "rest_client_requests_total",
-            &[("code", "201"), ("method", "POST")],
-        )
-        .filter(|s| s.label("host").is_some_and(|h| h.starts_with("127.0.0.1:")))
-        .map(|s| s.value)
-        .sum();
-    // The operator POSTs nothing but Events here (no probe ran its access reviews),
-    // so the count is exact.
+    let posts_created = created_posts(&m) - posts_at_start;
+    // After its start-up access reviews the operator POSTs nothing but Events here, so
+    // the count is exact.
     ensure!(
         posts_created == events.len() as f64,
         "rest_client POST 201s {posts_created} == {} Events",

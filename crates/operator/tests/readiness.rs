@@ -47,8 +47,11 @@ async fn readyz_names_crds_until_they_are_installed() -> Result<()> {
     .await?;
 
     let mut op = spawn_operator(&env, &ns, "ready", &[])?;
-    let (code, body) = poll_until(LIMIT, "/readyz to answer", || async {
-        op.probe("/readyz").await.ok()
+    // The checks answer from background results: wait for their first verdicts.
+    let (code, body) = poll_until(LIMIT, "/readyz to answer with verdicts", || async {
+        let (code, body) = op.probe("/readyz").await.ok()?;
+        (!body.contains("not read yet") && !body.contains("not verified yet"))
+            .then_some((code, body))
     })
     .await?;
     ensure!(code == 503, "not ready without CRDs: {code} {body}");

@@ -70,6 +70,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
+use crate::decode::{SkipHook, Undecodable};
 use crate::metrics::{QueueMetrics, ReconcileMetrics, RuntimeMetrics};
 use crate::report::{ErrorReport, error_chain};
 use crate::shared::{DEFAULT_RECHECK_INTERVAL, SharedWatch, Subscriber};
@@ -226,6 +227,7 @@ pub struct Controller<K: WatchedKind> {
     reporter: Option<Reporter<K>>,
     status: StatusCell,
     ignore_primary: Option<ChangeFilter<K>>,
+    on_skip: Option<SkipHook>,
 }
 
 /// Decides, from an object's new state, that its change needs no reconcile; see
@@ -275,7 +277,21 @@ impl<K: WatchedKind> Controller<K> {
             reporter: None,
             status,
             ignore_primary: None,
+            on_skip: None,
         }
+    }
+
+    /// Call `hook` for each primary object the watch skips because it cannot be decoded,
+    /// the first time this process sees that version of it (see [`crate::decode`]; the
+    /// warn line and the counter need no hook). The object is not in the cache and gets
+    /// no reconcile; the hook is where the controller tells its owner, e.g. with a
+    /// Warning Event.
+    pub fn on_undecodable(
+        mut self,
+        hook: impl Fn(&KindName, &Undecodable) + Send + Sync + 'static,
+    ) -> Self {
+        self.on_skip = Some(Arc::new(hook));
+        self
     }
 
     /// Do not reconcile a changed primary object for which `filter` returns `true` (the
@@ -353,7 +369,7 @@ impl<K: WatchedKind> Controller<K> {
             let owner = Arc::clone(&ctx.feed.controller);
             let recheck = optional.then_some(ctx.recheck);
             let sink = RelatedSink::new(mapper, ctx.feed, index);
-            source::drive(api, config, recheck, owner, sink).boxed()
+            source::drive(api, config, recheck, owner, None, sink).boxed()
         }));
         self
     }
@@ -537,6 +553,7 @@ impl<K: WatchedKind> Controller<K> {
             reporter,
             status,
             ignore_primary,
+            on_skip,
         } = self;
         let queue = WorkQueue::new(queue_metrics, rate_limiter);
         let feed = Feed {
@@ -552,6 +569,7 @@ impl<K: WatchedKind> Controller<K> {
             watcher_config,
             None,
             Arc::clone(&name),
+            on_skip,
             PrimarySink::new(writer, feed.clone(), 0, ignore_primary),
         ));
         for source in sources {
@@ -584,6 +602,7 @@ impl<K: WatchedKind> Controller<K> {
             observers,
             reporter,
             cut_off: AtomicUsize::new(0),
+            retry_logged: Default::default(),
         });
         let mut tasks = JoinSet::new();
         let stop = match stopped_early {
@@ -722,6 +741,10 @@ where
     fn state(&mut self, state: SyncState) {
         self.feed.status.set(self.index, state);
     }
+
+    fn trouble(&mut self, trouble: Option<&str>) {
+        self.feed.status.set_trouble(self.index, trouble);
+    }
 }
 
 /// What every worker of one controller shares.
@@ -736,7 +759,14 @@ struct Workers<K: WatchedKind, Ctx, F> {
     reporter: Option<Reporter<K>>,
     /// Reconciles whose future was dropped before it finished (shutdown cut them off).
     cut_off: AtomicUsize,
+    /// When each key's retryable error was last logged at warn (see [`RETRY_LOG_EVERY`]).
+    retry_logged: std::sync::Mutex<std::collections::HashMap<ObjectRef<K>, (Instant, u64)>>,
 }
+
+/// A key that keeps failing with retryable errors (an API server outage) is logged at
+/// warn at most this often, with the number of failures not logged; the others go to
+/// debug.
+const RETRY_LOG_EVERY: Duration = Duration::from_secs(30);
 
 /// A key being worked on: marks it done and the worker idle however the work ends, and
 /// counts it as cut off if it did not end by itself.
@@ -782,6 +812,37 @@ where
         }
     }
 
+    /// A retryable failure of `key`: `Some(failures not logged since the last warn)` when
+    /// this one is to be logged at warn.
+    fn retry_log(&self, key: &ObjectRef<K>) -> Option<u64> {
+        let mut logged = self
+            .retry_logged
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = Instant::now();
+        match logged.get_mut(key) {
+            Some((at, suppressed)) if now.duration_since(*at) < RETRY_LOG_EVERY => {
+                *suppressed += 1;
+                None
+            }
+            Some((at, suppressed)) => {
+                *at = now;
+                Some(std::mem::take(suppressed))
+            }
+            None => {
+                logged.insert(key.clone(), (now, 0));
+                Some(0)
+            }
+        }
+    }
+
+    fn retry_forget(&self, key: &ObjectRef<K>) {
+        self.retry_logged
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(key);
+    }
+
     async fn reconcile_key(&self, key: &ObjectRef<K>) {
         let event = match self.store.get(key) {
             Some(obj) => Event::Apply(obj),
@@ -806,6 +867,7 @@ where
 
             let (result, error_category, report) = match outcome {
                 Ok(Ok(Action::Done)) => {
+                    self.retry_forget(key);
                     // A success supersedes what an earlier reconcile scheduled (a
                     // RequeueAfter, a backoff retry): it is stale now.
                     self.queue.forget(key);
@@ -833,7 +895,10 @@ where
                         self.queue.add_rate_limited(key.clone());
                         // Retried with backoff: the spec logs retryable failures at warn
                         // and keeps error for what will not fix itself.
-                        warn!(error = %error_chain(&err), category, "Reconciler error; retrying");
+                        match self.retry_log(key) {
+                            Some(suppressed) => warn!(error = %error_chain(&err), category, suppressed, "Reconciler error; retrying"),
+                            None => debug!(error = %error_chain(&err), category, "Reconciler error; retrying"),
+                        }
                     }
                     let report = self.reporter.is_some().then(|| ErrorReport::of(&err));
                     (ReconcileResult::Error, Some(category), report)
@@ -1087,6 +1152,7 @@ mod tests {
             }],
             reporter: None,
             cut_off: AtomicUsize::new(0),
+            retry_logged: Default::default(),
         };
         for name in ["present", "gone", "failing", "invalid", "panicking"] {
             workers

@@ -12,6 +12,8 @@
 //! * [`controller`] — informers feeding that queue and a pool of workers reconciling from
 //!   the cache, with the `controller_runtime_*` metrics, a tracing span per reconcile, an
 //!   error-report hook, and private, shared and optional watches of related kinds;
+//! * [`decode`] — objects decoded one by one: one undecodable object is skipped and
+//!   reported, never a failed list or watch;
 //! * [`shared`] — one watch and cache of a kind serving several controllers;
 //! * [`status`] — each controller's per-watch sync state and missing optional kinds, and
 //!   the process-wide [`Readiness`] list behind `/readyz`;
@@ -43,6 +45,7 @@
 //! ```
 
 pub mod controller;
+pub mod decode;
 #[cfg(any(test, feature = "test-gate"))]
 pub mod gate;
 pub mod manager;
@@ -66,6 +69,6 @@ pub use shared::SharedWatch;
 pub use shutdown::{Shutdown, StopReason, Stopped};
 pub use status::{
     ControllerState, ControllerStatus, KindName, Readiness, SyncState, WatchStatus,
-    unsynced_message,
+    informers_message, unsynced_message,
 };
 pub use workqueue::{RateLimiterConfig, WorkQueue};

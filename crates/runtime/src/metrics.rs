@@ -302,7 +302,10 @@ pub struct RuntimeMetrics {
 
 impl RuntimeMetrics {
     /// Register every family of the runtime once in `registry`.
+    /// Also registers `vworkspace_operator_undecodable_objects_total` (see
+    /// [`crate::decode`]).
     pub fn register(registry: &mut Registry) -> Self {
+        crate::decode::register(registry);
         Self {
             controller: ControllerMetrics::register(registry),
             workqueue: WorkqueueMetrics::register(registry),

@@ -92,11 +92,14 @@ pub(crate) trait Subscriber<C>: Send {
     fn touched(&mut self, states: [Option<&C>; 2], deleted: bool);
     /// The shared watch's state.
     fn state(&mut self, state: SyncState);
+    /// The shared watch's trouble (see `WatchSink::trouble`).
+    fn trouble(&mut self, trouble: Option<&str>);
 }
 
 struct Hub<C: WatchedKind> {
     writer: Writer<C>,
     state: SyncState,
+    trouble: Option<String>,
     subscribers: BTreeMap<u64, Box<dyn Subscriber<C>>>,
     next_id: u64,
     task: Option<JoinHandle<()>>,
@@ -143,6 +146,7 @@ impl<C: WatchedKind> SharedWatch<C> {
                 hub: Mutex::new(Hub {
                     writer,
                     state: SyncState::Pending,
+                    trouble: None,
                     subscribers: BTreeMap::new(),
                     next_id: 0,
                     task: None,
@@ -195,6 +199,7 @@ impl<C: WatchedKind> SharedWatch<C> {
             }
         }
         subscriber.state(hub.state);
+        subscriber.trouble(hub.trouble.as_deref());
         let id = hub.next_id;
         hub.next_id += 1;
         hub.subscribers.insert(id, subscriber);
@@ -216,6 +221,7 @@ impl<C: WatchedKind> SharedWatch<C> {
                 self.inner.config.clone(),
                 recheck,
                 Arc::from("shared"),
+                None,
                 sink,
             )));
         }
@@ -245,6 +251,7 @@ impl<C: WatchedKind> Drop for Subscription<C> {
             hub.generation += 1;
             // Whoever starts it again waits for a fresh list.
             hub.state = SyncState::Pending;
+            hub.trouble = None;
         }
     }
 }
@@ -317,6 +324,32 @@ impl<C: WatchedKind> WatchSink<C> for HubSink<C> {
                         subscriber.touched([old.as_deref(), new.as_deref()], new.is_none());
                     }
                 }
+            }
+        }
+    }
+
+    fn trouble(&mut self, trouble: Option<&str>) {
+        let mut hub = self.inner.lock();
+        if hub.generation != self.generation || hub.trouble.as_deref() == trouble {
+            return;
+        }
+        hub.trouble = trouble.map(str::to_owned);
+        for subscriber in hub.subscribers.values_mut() {
+            subscriber.trouble(trouble);
+        }
+    }
+
+    fn skipped(&mut self, key: ObjectRef<C>) {
+        let mut guard = self.inner.lock();
+        if guard.generation != self.generation {
+            return;
+        }
+        let hub = &mut *guard;
+        if let Some(old) = self.inner.reader.get(&key) {
+            hub.writer
+                .apply_watcher_event(&watcher::Event::Delete(C::clone(&old)));
+            for subscriber in hub.subscribers.values_mut() {
+                subscriber.touched([Some(old.as_ref()), None], true);
             }
         }
     }

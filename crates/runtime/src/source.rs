@@ -21,11 +21,12 @@ use std::time::Duration;
 use futures::StreamExt;
 use kube::runtime::reflector::store::Writer;
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 use tracing::{debug, info, warn};
 
 use crate::controller::WatchedKind;
+use crate::decode::{self, Decoded, SkipHook, Undecodable};
 use crate::status::{KindName, StatusCell, SyncState};
 use crate::workqueue::WorkQueue;
 
@@ -47,11 +48,17 @@ impl<K: WatchedKind> Clone for Feed<K> {
 }
 
 /// The receiving end of [`drive`].
-pub(crate) trait WatchSink<C>: Send {
+pub(crate) trait WatchSink<C: WatchedKind>: Send {
     /// One watcher event, in order.
     fn event(&mut self, event: watcher::Event<C>);
     /// The watch's state changed (or was confirmed).
     fn state(&mut self, state: SyncState);
+    /// The watch's health after its first sync: `Some("re-listing")`, `Some("failing:
+    /// <error>")`, or `None` when it follows the API server again.
+    fn trouble(&mut self, trouble: Option<&str>);
+    /// An object changed or was deleted into a state that cannot be decoded: forget it
+    /// (as if it was deleted) until a decodable version arrives.
+    fn skipped(&mut self, key: ObjectRef<C>);
 }
 
 /// Whether the API server serves `kind` (discovery of its group/version).
@@ -77,6 +84,7 @@ pub(crate) async fn drive<C, S>(
     config: watcher::Config,
     recheck: Option<Duration>,
     owner: Arc<str>,
+    on_skip: Option<SkipHook>,
     mut sink: S,
 ) where
     C: WatchedKind,
@@ -85,53 +93,194 @@ pub(crate) async fn drive<C, S>(
     let kind = KindName::of::<C>();
     let client = api.clone().into_client();
     let mut logged_sync = false;
-    loop {
+    let mut hooked = HashSet::new();
+    let mut backoff = Backoff::default();
+    let mut failures = FailureLog::default();
+    let mut failing = false;
+    'served: loop {
         if let Some(interval) = recheck {
             wait_until_served(&client, &kind, interval, &owner, &mut sink).await;
         }
-        let mut events = std::pin::pin!(watcher(api.clone(), config.clone()).default_backoff());
-        let mut failures = FailureLog::default();
-        loop {
-            let Some(event) = events.next().await else {
-                return;
-            };
-            match event {
-                Ok(event) => {
-                    if let Some(failed) = failures.recovered() {
-                        info!(controller = %owner, kind = %kind, failures = failed, "watch recovered");
-                    }
-                    // No controller reads managedFields; they are often the largest part
-                    // of an object, so the caches do without them (controller-runtime's
-                    // TransformStripManagedFields).
-                    let event = event.modify(|obj| obj.managed_fields_mut().clear());
-                    let listed = matches!(event, watcher::Event::InitDone);
-                    sink.event(event);
-                    if listed {
-                        if !std::mem::replace(&mut logged_sync, true) {
-                            debug!(controller = %owner, kind = %kind, "cache synced");
+        'stream: loop {
+            // Items are decoded one by one: an undecodable object is skipped, not a failed list.
+            // No backoff inside the stream: a failure ends it, and after our own backoff a
+            // fresh stream lists again (below).
+            let mut events = std::pin::pin!(watcher(decode::api_of(&api), config.clone()));
+            loop {
+                let Some(event) = events.next().await else {
+                    return;
+                };
+                match event {
+                    Ok(event) => {
+                        // `Init` comes before the list request is sent: no sign of
+                        // recovery yet.
+                        if !matches!(event, watcher::Event::Init)
+                            && let Some(failed) = failures.recovered()
+                        {
+                            failing = false;
+                            info!(controller = %owner, kind = %kind, failures = failed, "watch recovered");
                         }
-                        sink.state(SyncState::Synced);
+                        // No controller reads managedFields; they are often the largest part
+                        // of an object, so the caches do without them (controller-runtime's
+                        // TransformStripManagedFields).
+                        let event = event.modify(|obj| obj.managed_fields_mut().clear());
+                        let event = match decoded(event) {
+                            Ok(event) => event,
+                            Err(skipped) => {
+                                let (bad, live) = *skipped;
+                                // Logged and counted once per process (another watch of the
+                                // kind may have met it first); the hook once per watch.
+                                decode::report(&kind, &bad);
+                                let version = (
+                                    bad.metadata.uid.clone().unwrap_or_default(),
+                                    bad.metadata.resource_version.clone().unwrap_or_default(),
+                                );
+                                if let Some(hook) = &on_skip
+                                    && hooked.insert(version)
+                                {
+                                    hook(&kind, &bad);
+                                }
+                                if live {
+                                    let meta = &bad.metadata;
+                                    let key = ObjectRef::<C>::new(
+                                        meta.name.as_deref().unwrap_or_default(),
+                                    );
+                                    let key = match meta.namespace.as_deref() {
+                                        Some(ns) => key.within(ns),
+                                        None => key,
+                                    };
+                                    sink.skipped(key);
+                                }
+                                continue;
+                            }
+                        };
+                        let listed = matches!(event, watcher::Event::InitDone);
+                        if matches!(event, watcher::Event::Init) && logged_sync && !failing {
+                            sink.trouble(Some(RELISTING));
+                        }
+                        sink.event(event);
+                        if listed {
+                            if !std::mem::replace(&mut logged_sync, true) {
+                                debug!(controller = %owner, kind = %kind, "cache synced");
+                            }
+                            sink.state(SyncState::Synced);
+                            sink.trouble(None);
+                            backoff.reset();
+                        }
                     }
-                }
-                Err(err) => {
-                    if let Some(suppressed) = failures.failed() {
+                    Err(err) => {
                         // Bounded: an error may quote a whole response body.
                         let text = err.to_string();
                         let error = text
                             .get(..text.floor_char_boundary(MAX_LOGGED_ERROR))
                             .unwrap_or(&text);
-                        warn!(controller = %owner, kind = %kind, error, suppressed, "watch failed; retrying with backoff");
-                    }
-                    if recheck.is_some() && matches!(is_served(&client, &kind).await, Ok(false)) {
-                        info!(controller = %owner, kind = %kind, "optional kind is no longer served; forgetting its objects");
-                        sink.event(watcher::Event::Init);
-                        sink.event(watcher::Event::InitDone);
-                        break;
+                        failing = true;
+                        if failures.failed().is_some()
+                            && let Some(suppressed) = process_failure_log()
+                        {
+                            warn!(controller = %owner, kind = %kind, error, suppressed, "watch failed; retrying with backoff (/readyz names every failing watch)");
+                        }
+                        let reason = error
+                            .get(..error.floor_char_boundary(MAX_TROUBLE))
+                            .unwrap_or(error);
+                        sink.trouble(Some(&format!("failing: {reason}")));
+                        if recheck.is_some() && matches!(is_served(&client, &kind).await, Ok(false))
+                        {
+                            info!(controller = %owner, kind = %kind, "optional kind is no longer served; forgetting its objects");
+                            sink.event(watcher::Event::Init);
+                            sink.event(watcher::Event::InitDone);
+                            sink.trouble(None);
+                            continue 'served;
+                        }
+                        tokio::time::sleep(backoff.next_delay()).await;
+                        // A fresh list: whatever was missed while the watch was down is
+                        // caught up at once, and readiness turns only once it has been.
+                        continue 'stream;
                     }
                 }
             }
         }
     }
+}
+
+/// Across every watch of the process, at most one failure line per [`FailureLog::EVERY`]:
+/// an API server outage fails every watch at once, and one line says it (`/readyz`
+/// names each failing watch and why). `Some(failures not logged since)` when due.
+fn process_failure_log() -> Option<u64> {
+    static LOG: std::sync::Mutex<FailureLog> = std::sync::Mutex::new(FailureLog {
+        last_logged: None,
+        suppressed: 0,
+        total: 0,
+    });
+    let mut log = LOG
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let due = log
+        .last_logged
+        .is_none_or(|at| at.elapsed() >= FailureLog::EVERY);
+    if due {
+        log.last_logged = Some(std::time::Instant::now());
+        Some(std::mem::take(&mut log.suppressed))
+    } else {
+        log.suppressed += 1;
+        None
+    }
+}
+
+/// What `informers` says of a synced watch that is listing again.
+const RELISTING: &str = "re-listing";
+
+/// Longest error a watch's readiness trouble carries.
+const MAX_TROUBLE: usize = 200;
+
+/// Exponential backoff with jitter between failed watch attempts: from 250 ms, doubling,
+/// at most [`Backoff::MAX`] (so a watch is back within a few seconds of the API server),
+/// reset by a complete list.
+#[derive(Debug, Default)]
+struct Backoff {
+    failures: u32,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(250);
+    const MAX: Duration = Duration::from_secs(4);
+
+    fn next_delay(&mut self) -> Duration {
+        let base = Self::FIRST
+            .saturating_mul(1 << self.failures.min(8))
+            .min(Self::MAX);
+        self.failures = self.failures.saturating_add(1);
+        // Jitter: 75%..125% of the base, from std's randomly seeded hasher.
+        use std::hash::{BuildHasher, Hasher};
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u32(self.failures);
+        let spread = (hasher.finish() % 501) as u32; // 0..=500 per mille
+        base.mul_f64(0.75) + base.mul_f64(0.5) * spread / 500
+    }
+
+    fn reset(&mut self) {
+        self.failures = 0;
+    }
+}
+
+/// The event of decoded objects, or the undecodable object (and whether it came as a
+/// change or deletion — `false` for a list item, which a re-list simply leaves out).
+fn decoded<C>(
+    event: watcher::Event<Decoded<C>>,
+) -> Result<watcher::Event<C>, Box<(Undecodable, bool)>> {
+    Ok(match event {
+        watcher::Event::Apply(Decoded(obj)) => {
+            watcher::Event::Apply(obj.map_err(|b| Box::new((b, true)))?)
+        }
+        watcher::Event::Delete(Decoded(obj)) => {
+            watcher::Event::Delete(obj.map_err(|b| Box::new((b, true)))?)
+        }
+        watcher::Event::InitApply(Decoded(obj)) => {
+            watcher::Event::InitApply(obj.map_err(|b| Box::new((b, false)))?)
+        }
+        watcher::Event::Init => watcher::Event::Init,
+        watcher::Event::InitDone => watcher::Event::InitDone,
+    })
 }
 
 /// Longest error text a watch failure log line carries.
@@ -175,7 +324,7 @@ impl FailureLog {
 
 /// Return once `kind` is served; report `Missing` while it is not, `Pending` when it
 /// appears after having been missing.
-async fn wait_until_served<C, S: WatchSink<C>>(
+async fn wait_until_served<C: WatchedKind, S: WatchSink<C>>(
     client: &Client,
     kind: &KindName,
     interval: Duration,
@@ -300,6 +449,18 @@ impl<K: WatchedKind> WatchSink<K> for PrimarySink<K> {
     fn state(&mut self, state: SyncState) {
         self.feed.status.set(self.index, state);
     }
+
+    fn trouble(&mut self, trouble: Option<&str>) {
+        self.feed.status.set_trouble(self.index, trouble);
+    }
+
+    fn skipped(&mut self, key: ObjectRef<K>) {
+        if let Some(cached) = self.reader.get(&key) {
+            self.writer
+                .apply_watcher_event(&watcher::Event::Delete(K::clone(&cached)));
+            self.feed.queue.add(key);
+        }
+    }
 }
 
 /// A related kind watched by one controller alone: no cache of the related objects, only
@@ -384,11 +545,41 @@ where
     fn state(&mut self, state: SyncState) {
         self.feed.status.set(self.index, state);
     }
+
+    fn trouble(&mut self, trouble: Option<&str>) {
+        self.feed.status.set_trouble(self.index, trouble);
+    }
+
+    fn skipped(&mut self, key: ObjectRef<C>) {
+        for key in self.mapped.remove(&key).into_iter().flatten() {
+            self.feed.queue.add(key);
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::FailureLog;
+    use std::time::Duration;
+
+    use super::{Backoff, FailureLog};
+
+    #[test]
+    fn backoff_grows_with_jitter_to_a_few_seconds_and_resets() {
+        let mut backoff = Backoff::default();
+        let delays: Vec<Duration> = (0..10).map(|_| backoff.next_delay()).collect();
+        assert!(delays[0] >= Duration::from_millis(187) && delays[0] <= Duration::from_millis(313));
+        assert!(delays[3] >= Duration::from_millis(1500), "{delays:?}");
+        assert!(
+            delays.iter().all(|d| *d <= Duration::from_secs(5)),
+            "{delays:?}"
+        );
+        assert!(
+            delays[9] >= Duration::from_secs(3),
+            "capped, not reset: {delays:?}"
+        );
+        backoff.reset();
+        assert!(backoff.next_delay() <= Duration::from_millis(313));
+    }
 
     #[test]
     fn failures_are_logged_once_per_interval_and_counted() {

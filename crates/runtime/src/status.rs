@@ -8,6 +8,8 @@
 //!   not started;
 //! * a watch is [`SyncState::Synced`] from its first complete list on; re-lists after
 //!   watch errors do not make it pending again (as controller-runtime's `HasSynced`);
+//!   instead its `trouble` says it is failing (with the error) or re-listing, until its
+//!   next complete list, and [`informers_message`] names it;
 //! * an optional kind that is not served is [`SyncState::Missing`], which counts as
 //!   synced; when it appears it is [`SyncState::Pending`] until its first list is done;
 //! * [`ControllerStatus::synced`] and the controller's `synced()` signal agree: every
@@ -96,6 +98,9 @@ pub struct WatchStatus {
     pub shared: bool,
     /// Where it stands.
     pub state: SyncState,
+    /// Why a watch that has synced does not follow the API server right now: it is
+    /// re-listing, or failing (with the error); `None` while it is healthy.
+    pub trouble: Option<String>,
 }
 
 /// A snapshot of one controller.
@@ -216,6 +221,12 @@ impl Readiness {
         unsynced_message(&self.controllers())
     }
 
+    /// What keeps the caches from being current, as one line (see [`informers_message`]);
+    /// `None` when every watch has synced and is healthy.
+    pub fn informers_message(&self) -> Option<String> {
+        informers_message(&self.controllers())
+    }
+
     /// Which optional kinds are missing, as one line (see [`missing_message`]).
     pub fn missing_message(&self) -> Option<String> {
         missing_message(&self.controllers())
@@ -232,6 +243,21 @@ pub fn unsynced_message(controllers: &[ControllerState]) -> Option<String> {
                 .map(move |w| format!("{}: cache of {} not synced", c.name, w.kind))
         })
         .collect();
+    (!parts.is_empty()).then(|| parts.join("; "))
+}
+
+/// [`unsynced_message`] plus every synced watch in trouble: `applicationinstance: watch of
+/// vworkspace.io/v1alpha1 ApplicationInstance failing: <error>` or `... re-listing`.
+/// `None` when there is nothing to say.
+pub fn informers_message(controllers: &[ControllerState]) -> Option<String> {
+    let mut parts: Vec<String> = unsynced_message(controllers).into_iter().collect();
+    for c in controllers {
+        for w in &c.watches {
+            if let (true, Some(trouble)) = (w.state == SyncState::Synced, &w.trouble) {
+                parts.push(format!("{}: watch of {} {trouble}", c.name, w.kind));
+            }
+        }
+    }
     (!parts.is_empty()).then(|| parts.join("; "))
 }
 
@@ -278,6 +304,7 @@ impl StatusCell {
                 optional,
                 shared,
                 state: SyncState::Pending,
+                trouble: None,
             });
             true
         });
@@ -288,6 +315,16 @@ impl StatusCell {
         self.modify(|state| match state.watches.get_mut(index) {
             Some(watch) if watch.state != sync => {
                 watch.state = sync;
+                true
+            }
+            _ => false,
+        });
+    }
+
+    pub(crate) fn set_trouble(&self, index: usize, trouble: Option<&str>) {
+        self.modify(|state| match state.watches.get_mut(index) {
+            Some(watch) if watch.trouble.as_deref() != trouble => {
+                watch.trouble = trouble.map(str::to_owned);
                 true
             }
             _ => false,
@@ -383,6 +420,15 @@ mod tests {
         assert!(readiness.synced());
         assert_eq!(readiness.unsynced_message(), None);
         assert_eq!(cluster.status().missing_kinds(), [velero()]);
+        assert_eq!(readiness.informers_message(), None);
+        operation.set_trouble(backups, Some("failing: connection refused"));
+        assert!(readiness.synced(), "trouble does not undo the first sync");
+        assert_eq!(
+            readiness.informers_message().as_deref(),
+            Some("operation: watch of velero.io/v1 Backup failing: connection refused")
+        );
+        operation.set_trouble(backups, None);
+        assert_eq!(readiness.informers_message(), None);
         assert_eq!(
             readiness
                 .controllers()

@@ -167,6 +167,9 @@ pub fn init(mut opts: LogOptions) -> Result<(), LogError> {
     Ok(())
 }
 
+/// Directives always applied first (a user's filter can override them).
+const QUIET_CLIENT: &str = "kube_client=off,kube_runtime=off";
+
 /// The logging layer (filter included) writing through `writer`; compose it onto a
 /// `tracing_subscriber::registry()`. Tests pass a [`LogCapture`].
 pub fn make_layer<S, W>(
@@ -177,7 +180,16 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
-    let directives = opts.filter.as_deref().unwrap_or("");
+    // The Kubernetes client's own lines are off unless asked for: they carry neither the
+    // object nor the operation, repeat on every retry, and some quote whole response
+    // bodies (spec values included). The operator logs each failure itself, bounded,
+    // with its context. `RUST_LOG=kube_client=debug` turns them back on.
+    let level = opts.level.level_filter();
+    let directives = match opts.filter.as_deref() {
+        Some(user) if !user.trim().is_empty() => format!("{level},{QUIET_CLIENT},{user}"),
+        _ => format!("{level},{QUIET_CLIENT}"),
+    };
+    let directives = directives.as_str();
     let filter = EnvFilter::builder()
         .with_default_directive(opts.level.level_filter().into())
         .parse(directives)

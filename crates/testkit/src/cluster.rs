@@ -61,6 +61,7 @@ struct Proc {
     name: &'static str,
     child: Child,
     log: PathBuf,
+    args: Vec<String>,
 }
 
 /// A running local cluster. See the module docs for how its processes are owned.
@@ -379,6 +380,7 @@ impl LocalCluster {
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out);
+        let spawned_args = args.clone();
         let child = cmd.spawn().with_context(|| {
             format!(
                 "starting {} (via {:?})",
@@ -387,8 +389,39 @@ impl LocalCluster {
             )
         })?;
         tracing::debug!(name, pid = child.id(), "started");
-        self.procs.push(Proc { name, child, log });
+        self.procs.push(Proc {
+            name,
+            child,
+            log,
+            args: spawned_args,
+        });
         Ok(())
+    }
+
+    /// SIGKILL the component `name` (e.g. `kube-apiserver`), as a crash would, and wait
+    /// until it is gone. For tests that own a private cluster: never on the shared one.
+    pub fn kill_component(&mut self, name: &str) -> Result<()> {
+        let proc = self
+            .procs
+            .iter_mut()
+            .find(|p| p.name == name)
+            .with_context(|| format!("no component {name}"))?;
+        proc.child.kill()?;
+        proc.child.wait()?;
+        Ok(())
+    }
+
+    /// Start the component `name` again with the very command line it had (after
+    /// [`kill_component`](Self::kill_component)); the old log is kept as `<name>.log.1`.
+    pub fn restart_component(&mut self, name: &str) -> Result<()> {
+        let index = self
+            .procs
+            .iter()
+            .position(|p| p.name == name)
+            .with_context(|| format!("no component {name}"))?;
+        let old = self.procs.remove(index);
+        let _ = std::fs::rename(&old.log, old.log.with_extension("log.1"));
+        self.spawn(old.name, old.args)
     }
 
     /// Poll `check` until it yields `Some`, failing early if a process died.

@@ -33,17 +33,22 @@ use futures::future::BoxFuture;
 use kube::runtime::reflector::{ObjectRef, Store};
 
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use tracing::Instrument;
 use vworkspace_api::application_instance::{ApplicationInstance, ValuesSourceKind};
+use vworkspace_api::conditions::application_instance as ai_conditions;
 use vworkspace_api::conditions::errors;
+use vworkspace_api::conditions::{EventType, events};
 use vworkspace_api::labels::FIELD_MANAGER_OPERATOR;
 use vworkspace_api::thirdparty::flux::{HelmRelease, HelmRepository};
+use vworkspace_api::transition::TransitionRecord;
 use vworkspace_reconcile::application_instance::{self as plan, Observed, StatusPlan};
+use vworkspace_runtime::KindName;
+use vworkspace_runtime::decode::{Decoded, Undecodable};
 use vworkspace_runtime::report::error_chain;
 use vworkspace_runtime::{Action, ErrorCategory, ErrorReport, Event};
 
@@ -233,6 +238,21 @@ pub enum Error {
     /// Reading the instance failed.
     #[error("reading the instance")]
     Read(#[source] kube::Error),
+    /// A child's name is taken by an object this instance did not create.
+    #[error(
+        "{kind} {namespace}/{name} already exists, {owner}, and was not created by this instance; \
+         it is left untouched: rename the instance or remove that object"
+    )]
+    Conflict {
+        /// Kind of the child.
+        kind: &'static str,
+        /// The object's name.
+        name: String,
+        /// Its namespace.
+        namespace: String,
+        /// Who owns it, in words.
+        owner: String,
+    },
 }
 
 fn api_code(err: &kube::Error) -> Option<u16> {
@@ -253,13 +273,59 @@ impl ErrorCategory for Error {
             Self::Lookup { .. } => errors::LOOKUP_FAILED,
             Self::Status(_) => errors::STATUS_WRITE_FAILED,
             Self::Read(_) => errors::READ_FAILED,
+            Self::Conflict { .. } => errors::CHILD_CONFLICT,
         }
     }
 
-    /// The API server calling the child invalid does not change by retrying; a new
+    /// The API server calling the child invalid, or another object holding its name, does
+    /// not change by retrying; a new
     /// generation of the instance (or a new event) reconciles it again.
     fn is_terminal(&self) -> bool {
-        self.category() == errors::APPLY_REJECTED
+        matches!(
+            self.category(),
+            errors::APPLY_REJECTED | errors::CHILD_CONFLICT
+        )
+    }
+}
+
+/// The condition reason of the Warning Event on an instance the operator cannot decode.
+pub const UNDECODABLE: &str = "Undecodable";
+
+/// The primary watch's report of an instance it skipped because it cannot be decoded
+/// (see `vworkspace_runtime::decode`): a `ReconcileFailed` Warning Event on it, and its
+/// audit event, naming the cause. Its id depends on uid and generation only, so a
+/// restart that meets the same object again publishes nothing twice.
+pub fn undecodable_reporter(ctx: Arc<Context>) -> impl Fn(&KindName, &Undecodable) + Send + Sync {
+    move |_, bad| {
+        let ctx = Arc::clone(&ctx);
+        let record = TransitionRecord {
+            kind: events::RECONCILE_FAILED.to_owned(),
+            condition: ai_conditions::FAILED.to_owned(),
+            reason: UNDECODABLE.to_owned(),
+            generation: bad.metadata.generation.unwrap_or_default(),
+            occurrence: 1,
+            event_type: EventType::Warning,
+            message: format!(
+                "the operator cannot read this object and leaves it alone until it is fixed: {}",
+                bad.error
+            ),
+            at: Time(Timestamp::now()),
+        };
+        let obj = Decoded::<ApplicationInstance>(Err(bad.clone()));
+        tokio::spawn(async move {
+            let name = obj.name_any();
+            ctx.publisher
+                .publish(
+                    &obj,
+                    &record,
+                    "Decode",
+                    AuditContext {
+                        application_instance: Some(&name),
+                        operation_id: None,
+                    },
+                )
+                .await;
+        });
     }
 }
 
@@ -508,6 +574,16 @@ impl Child for HelmRelease {
 /// The live child: the cached one when it already holds `desired`, else what a
 /// server-side apply of the typed child returns (kube-derive writes apiVersion and
 /// kind; the desired child has no status).
+///
+/// Never adopts: the caches hold only labelled children, so a cache miss means "absent
+/// or not ours". The first apply therefore carries a `metadata.resourceVersion` no live
+/// object has: when the name is free the API server creates the child (a create ignores
+/// the version, and the field ownership is server-side apply's as for any apply); when
+/// it is taken the optimistic-concurrency check refuses the apply (409) with nothing
+/// written. Only then is the object's metadata read, to tell our own child that the
+/// cache has not seen yet (its owner reference names this instance: applied normally)
+/// from somebody else's ([`Error::Conflict`]). Force is used only on children the
+/// instance owns. The happy path costs the one apply it always did.
 async fn ensure_child<C>(
     client: &Client,
     cache: &Store<C>,
@@ -520,28 +596,111 @@ where
     let name = desired.name_any();
     let namespace = desired.namespace().unwrap_or_default();
     let key = ObjectRef::new(&name).within(&namespace);
-    if let Some(live) = applied.newest(&key, cache.get(&key))
-        && plan::child_up_to_date(desired, live.as_ref())
-    {
-        return Ok(C::clone(&live));
-    }
+    let owner_uid = controller_uid(desired.meta()).unwrap_or_default();
     let api: Api<C> = Api::namespaced(client.clone(), &namespace);
+    let apply_error = |source| Error::Apply {
+        kind: C::KIND,
+        name: name.clone(),
+        source,
+    };
+    let live = applied.newest(&key, cache.get(&key));
+    if let Some(live) = &live {
+        if !owned_by(live.meta(), owner_uid) {
+            // Labelled like ours, but another object's (or nobody's).
+            return Err(conflict::<C>(live.meta()));
+        }
+        if plan::child_up_to_date(desired, live.as_ref()) {
+            return Ok(C::clone(live));
+        }
+    }
     let _in_flight = applied.begin(&key);
-    let response = api
-        .patch(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER_OPERATOR).force(),
-            &Patch::Apply(desired),
-        )
-        .await
-        .map_err(|source| Error::Apply {
-            kind: C::KIND,
-            name: name.clone(),
-            source,
-        })?;
+    let response = if live.is_some() {
+        apply(&api, &name, desired, true)
+            .await
+            .map_err(apply_error)?
+    } else {
+        let mut guarded = desired.clone();
+        guarded.meta_mut().resource_version = Some(CREATE_ONLY_VERSION.to_owned());
+        match apply(&api, &name, &guarded, false).await {
+            Ok(created) => created,
+            Err(kube::Error::Api(status)) if status.code == 409 => {
+                let existing =
+                    api.get_metadata_opt(&name)
+                        .await
+                        .map_err(|source| Error::Apply {
+                            kind: C::KIND,
+                            name: name.clone(),
+                            source,
+                        })?;
+                match existing {
+                    // Ours; the cache has not caught up with it yet.
+                    Some(meta) if owned_by(&meta.metadata, owner_uid) => {
+                        apply(&api, &name, desired, true)
+                            .await
+                            .map_err(apply_error)?
+                    }
+                    Some(meta) => return Err(conflict::<C>(&meta.metadata)),
+                    // Gone meanwhile: the next reconcile creates it.
+                    None => return Err(apply_error(kube::Error::Api(status))),
+                }
+            }
+            Err(err) => return Err(apply_error(err)),
+        }
+    };
     tracing::info!(kind = C::KIND, child = %name, "applied");
     let mut remembered = response.clone();
     remembered.managed_fields_mut().clear();
     applied.record(remembered);
     Ok(response)
+}
+
+/// The resourceVersion the first apply of a child carries: etcd's first revision, which
+/// no HelmRelease or HelmRepository holds (they are written long after the cluster
+/// started), so the apply creates or fails, and never changes an existing object.
+/// Checked against the real API server by `tests/hardening.rs`.
+const CREATE_ONLY_VERSION: &str = "1";
+
+async fn apply<C: Child>(
+    api: &Api<C>,
+    name: &str,
+    child: &C,
+    force: bool,
+) -> Result<C, kube::Error> {
+    let mut params = PatchParams::apply(FIELD_MANAGER_OPERATOR);
+    params.force = force;
+    api.patch(name, &params, &Patch::Apply(child)).await
+}
+
+/// The uid of the controller owner reference.
+fn controller_uid(meta: &ObjectMeta) -> Option<&str> {
+    meta.owner_references
+        .iter()
+        .flatten()
+        .find(|r| r.controller == Some(true))
+        .map(|r| r.uid.as_str())
+}
+
+/// Whether the object names the instance with `uid` as an owner.
+fn owned_by(meta: &ObjectMeta, uid: &str) -> bool {
+    !uid.is_empty() && meta.owner_references.iter().flatten().any(|r| r.uid == uid)
+}
+
+/// The conflict with an object that holds a child's name.
+fn conflict<C: Child>(meta: &ObjectMeta) -> Error {
+    let controller = meta
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|r| r.controller == Some(true))
+        .or_else(|| meta.owner_references.iter().flatten().next());
+    let owner = match controller {
+        Some(r) => format!("owned by {} {}", r.kind, r.name),
+        None => "with no owner".to_owned(),
+    };
+    Error::Conflict {
+        kind: C::KIND,
+        name: meta.name.clone().unwrap_or_default(),
+        namespace: meta.namespace.clone().unwrap_or_default(),
+        owner,
+    }
 }

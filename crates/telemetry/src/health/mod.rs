@@ -462,6 +462,13 @@ pub enum ServeError {
     Serve(#[source] io::Error),
 }
 
+/// Bind `addr` (`None` when it is [`BindAddress::Disabled`]). The operator binds both of
+/// its servers this way before it starts anything else, so a port already in use stops
+/// it at start-up with the address in the error.
+pub async fn bind(addr: &BindAddress) -> Result<Option<TcpListener>, ServeError> {
+    bind_or_disabled(addr).await
+}
+
 async fn bind_or_disabled(addr: &BindAddress) -> Result<Option<TcpListener>, ServeError> {
     addr.bind().await.map_err(|source| ServeError::Bind {
         addr: addr.to_string(),

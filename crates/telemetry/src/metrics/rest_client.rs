@@ -70,6 +70,8 @@ struct RequestLabels {
 #[derive(Clone, Debug)]
 pub struct RestClientMetrics {
     requests_total: Family<RequestLabels, Counter>,
+    /// Counts 403 answers, for whoever wants to re-check permissions when one comes.
+    forbidden: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl RestClientMetrics {
@@ -77,6 +79,7 @@ impl RestClientMetrics {
     pub fn register(registry: &mut Registry) -> Self {
         let metrics = RestClientMetrics {
             requests_total: Family::default(),
+            forbidden: Arc::new(tokio::sync::watch::Sender::new(0)),
         };
         registry.register(
             "rest_client_requests",
@@ -97,7 +100,16 @@ impl RestClientMetrics {
         self.record(CodeLabel::Status(status), method, Arc::from(host));
     }
 
+    /// Changes (counts up) on every 403 answer the client gets: the operator's RBAC
+    /// readiness check runs again when it does.
+    pub fn forbidden(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.forbidden.subscribe()
+    }
+
     fn record(&self, code: CodeLabel, method: Method, host: Arc<str>) {
+        if matches!(code, CodeLabel::Status(403)) {
+            self.forbidden.send_modify(|n| *n += 1);
+        }
         self.requests_total
             .get_or_create(&RequestLabels {
                 code,
