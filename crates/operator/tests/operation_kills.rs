@@ -306,6 +306,13 @@ async fn operations_end_exactly_once_across_repeated_sigkills() -> Result<()> {
         by_uid.insert(uid, name);
     }
 
+    let failed = list
+        .iter()
+        .filter(|o| phase(o) == Some(OperationPhase::Failed))
+        .count();
+    eprintln!(
+        "{kills} SIGKILLs; {failed} of {OPERATIONS} failed in Velero; the last process wrote {outcomes_of_last:?}"
+    );
     // Exactly one terminal audit event per Operation in the control plane's store (the
     // last process replays what the killed ones left undelivered).
     let timeline = poll_until(
