@@ -23,7 +23,10 @@
 //!   retried after a failed write counts once);
 //! * the catalog is the built-in one, overridden by the catalog ConfigMap; a ConfigMap
 //!   that does not parse keeps the built-in catalog in force and is reported (error log
-//!   and Warning Event on the ConfigMap) once per resourceVersion.
+//!   and Warning Event on the ConfigMap) once per resourceVersion;
+//! * an Operation's first plan is made under a catalog at least as recent as the
+//!   Operation ([`fresh_catalog`]), so a catalog change made before it was created
+//!   always applies to it; `status.catalogRevision` says which catalog it was.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -190,6 +193,9 @@ struct CatalogInner {
     version: Option<String>,
     /// Built from a fresh read rather than the cache: kept while the cache lags behind it.
     fetched: bool,
+    /// The API server's resourceVersion of the latest fresh read: the catalog in force
+    /// holds every ConfigMap change up to it.
+    fresh_as_of: u64,
     catalog: Option<Arc<Catalog>>,
     reported: HashSet<String>,
 }
@@ -484,7 +490,7 @@ async fn reconcile_operation(cached: &Operation, ctx: &Context) -> Result<Action
         && !is_terminal(obj)
         && obj.metadata.deletion_timestamp.is_none();
     let catalog = if first_look {
-        fresh_catalog(ctx).await?
+        fresh_catalog(ctx, obj).await?
     } else {
         current_catalog(ctx).await
     };
@@ -1159,20 +1165,38 @@ async fn current_catalog(ctx: &Context) -> Arc<Catalog> {
     install_catalog(ctx, config, false).await
 }
 
-/// The catalog as the API server has it now: a GET of the ConfigMap (not the cache), so
-/// that every change accepted before this moment is in force. Used on an Operation's
-/// first look, which makes "a catalog change made before the Operation was created
-/// applies to it" hold although the ConfigMap and Operation watches are not ordered.
-async fn fresh_catalog(ctx: &Context) -> Result<Arc<Catalog>, Error> {
-    let config = Api::<ConfigMap>::namespaced(ctx.client.clone(), &ctx.catalog_namespace)
-        .get_opt(catalog::CONFIGMAP_NAME)
+/// A catalog that holds every ConfigMap change made before `op` was created (`op` has
+/// never been looked at, so its resourceVersion is at most one of a metadata change
+/// after its creation). When the latest fresh read is at least that recent, the catalog
+/// in force is; otherwise a LIST of the ConfigMap (a quorum read, whose resourceVersion
+/// says up to where it is current) is made and its catalog put in force. One LIST thus
+/// serves every Operation created before it; that is what makes "a catalog change made
+/// before an Operation was created applies to it" hold although the ConfigMap and
+/// Operation watches are not ordered.
+async fn fresh_catalog(ctx: &Context, op: &Operation) -> Result<Arc<Catalog>, Error> {
+    let op_version = revision_number(op.metadata.resource_version.as_ref());
+    let as_of = ctx
+        .catalog
+        .0
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .fresh_as_of;
+    if op_version > 0 && op_version <= as_of {
+        return Ok(current_catalog(ctx).await);
+    }
+    let list = Api::<ConfigMap>::namespaced(ctx.client.clone(), &ctx.catalog_namespace)
+        .list(&ListParams::default().fields(&format!("metadata.name={}", catalog::CONFIGMAP_NAME)))
         .await
-        .map_err(|e| Error::Read("the operation catalog ConfigMap", e))?
-        .map(|mut cm| {
-            cm.metadata.managed_fields = None;
-            Arc::new(cm)
-        });
-    Ok(install_catalog(ctx, config, true).await)
+        .map_err(|e| Error::Read("the operation catalog ConfigMap", e))?;
+    let read_at = revision_number(list.metadata.resource_version.as_ref());
+    let config = list.items.into_iter().next().map(|mut cm| {
+        cm.metadata.managed_fields = None;
+        Arc::new(cm)
+    });
+    let catalog = install_catalog(ctx, config, true).await;
+    let mut inner = ctx.catalog.0.lock().unwrap_or_else(PoisonError::into_inner);
+    inner.fresh_as_of = inner.fresh_as_of.max(read_at);
+    Ok(catalog)
 }
 
 /// Make the catalog of `config` (a ConfigMap read from the cache, or fresh when
