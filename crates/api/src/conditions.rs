@@ -304,8 +304,13 @@ pub mod operation {
     /// `CancelNotSupported`); the Operation finishes with the engine's own outcome.
     pub const CANCEL_REQUESTED: &str = "CancelRequested";
 
+    /// A reconcile of the Operation failed and is retried (True, the error category as
+    /// reason, the error chain as message); False (`ReconcileSucceeded`) once a later
+    /// reconcile succeeded. Absent on an Operation whose reconciles never failed.
+    pub const RECONCILING: &str = "Reconciling";
+
     /// Every condition type of an Operation.
-    pub const TYPES: &[&str] = &[ACCEPTED, RUNNING, SUCCEEDED, CANCEL_REQUESTED];
+    pub const TYPES: &[&str] = &[ACCEPTED, RUNNING, SUCCEEDED, CANCEL_REQUESTED, RECONCILING];
 
     /// Reasons of Operation conditions and of `status.reason`.
     pub mod reasons {
@@ -364,6 +369,8 @@ pub mod operation {
         pub const ENGINE_LOST_WORK: &str = "EngineLostWork";
         /// The child could not be created (rejected by the API server).
         pub const CHILD_CREATE_FAILED: &str = "ChildCreateFailed";
+        /// Reconciling=False: the reconcile after a failed one succeeded.
+        pub const RECONCILE_SUCCEEDED: &str = "ReconcileSucceeded";
 
         // --- Engine outcomes (Succeeded=True / False) ---
         /// velero Backup phase Completed.
@@ -432,6 +439,7 @@ pub mod operation {
             INVALID_PARAMETERS,
             ENGINE_LOST_WORK,
             CHILD_CREATE_FAILED,
+            RECONCILE_SUCCEEDED,
             VELERO_BACKUP_COMPLETED,
             VELERO_BACKUP_PARTIALLY_FAILED,
             VELERO_BACKUP_FAILED,

@@ -81,6 +81,7 @@ pub fn third_party_crds() -> Vec<CustomResourceDefinition> {
         thirdparty::Backup::crd(),
         thirdparty::Restore::crd(),
         thirdparty::velero::ServerStatusRequest::crd(),
+        thirdparty::velero::PodVolumeBackup::crd(),
         thirdparty::Workflow::crd(),
         thirdparty::ReplicationSource::crd(),
         thirdparty::VolumeSnapshot::crd(),

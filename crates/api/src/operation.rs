@@ -332,6 +332,12 @@ pub struct OperationStatus {
     /// at that version" is measured against).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upgrade: Option<UpgradeRecord>,
+    /// The operation catalog the Operation's work was handed out under: `builtin`, or the
+    /// resourceVersion of the catalog ConfigMap whose overrides applied. Until the work is
+    /// handed out, the catalog of the latest plan (docs/operations.md, "Which catalog
+    /// applies").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catalog_revision: Option<String>,
     /// Machine-readable reason of the current phase (see docs/conditions.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,

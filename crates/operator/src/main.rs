@@ -286,6 +286,7 @@ async fn run(opts: Options) -> Result<ExitCode> {
         releases: releases.clone(),
         children: op_children.clone(),
         catalog_config: catalog_config.store(),
+        catalog_namespace: opts.namespace.clone(),
         catalog: Default::default(),
         written: Default::default(),
         applied: Default::default(),

@@ -190,6 +190,21 @@ async fn wait_events(
     }
 }
 
+/// The Events on `name` once one has reason `last` (Events about one Operation are
+/// written in order, so the earlier ones are there too).
+async fn wait_until_event(
+    env: &TestEnv,
+    ns: &str,
+    name: &str,
+    last: &str,
+) -> Result<Vec<(String, String)>> {
+    poll_until(LIMIT, &format!("{last} on {name}"), || async {
+        let got = events(env, ns, name).await.ok()?;
+        got.iter().any(|(r, _)| r == last).then_some(got)
+    })
+    .await
+}
+
 /// The audit events about Operation `uid`, as (kind, reason).
 fn audit_of(op: &OperatorProcess, uid: &str) -> Result<Vec<Value>> {
     Ok(op
@@ -248,7 +263,12 @@ async fn backup_velero_succeeds_and_deletion_removes_the_backup() -> Result<()> 
     let status = done.status.clone().context("status")?;
     assert_eq!(status.reason.as_deref(), Some("VeleroBackupCompleted"));
     let message = status.message.clone().unwrap_or_default();
-    assert!(message.contains("412 items"), "{message}");
+    // Items from the Backup, bytes summed over its PodVolumeBackups (2 by default).
+    assert_eq!(message, "velero.io/Backup completed; 412 items, 18.4 GiB");
+    assert_eq!(
+        status.outputs.get("sizeBytes").map(String::as_str),
+        Some("19756849562")
+    );
     assert!(
         status.outputs.contains_key("backupName"),
         "{:?}",
@@ -266,7 +286,7 @@ async fn backup_velero_succeeds_and_deletion_removes_the_backup() -> Result<()> 
         ],
     )
     .await?;
-    assert!(got[2].1.contains("412 items"), "{got:?}");
+    assert!(got[2].1.contains("412 items, 18.4 GiB"), "{got:?}");
 
     let backups: Api<Backup> = Api::namespaced(s.env.client.clone(), &velero_ns);
     let ours = backups
@@ -672,124 +692,6 @@ async fn spec_is_immutable_except_cancel() -> Result<()> {
     Ok(())
 }
 
-/// SIGKILL the operator again and again while Operations run: every Operation still ends,
-/// with one child, one terminal Event, and never a terminal audit event twice.
-#[tokio::test]
-async fn operations_survive_operator_kills() -> Result<()> {
-    const N: usize = 24;
-    let mut s = setup("opkill", "backup.velero", true).await?;
-    let identity = format!("op-{}", unique_suffix());
-    // The operator of `setup` is replaced by one whose identity (and so audit file) is
-    // reused across restarts.
-    s.op.kill();
-    let mut op = spawn_operator(&s.env, &s.ns, &identity, &[])?;
-    let velero_ns = s.env.fresh_unmanaged_namespace("velero").await?;
-    let _velero = VeleroSimulator::start_with(
-        s.env.client.clone(),
-        Some(&velero_ns),
-        slow_velero(Outcome::Succeeded, Duration::from_millis(1500)),
-    );
-    for i in 0..N {
-        create_operation(
-            &s.env,
-            &s.ns,
-            &format!("bk-{i:02}"),
-            "Backup",
-            "backup.velero",
-            json!({ "parameters": { "veleroNamespace": velero_ns } }),
-        )
-        .await?;
-    }
-    let ops: Api<Operation> = Api::namespaced(s.env.client.clone(), &s.ns);
-    let terminal = || async {
-        let list = ops.list(&ListParams::default()).await.ok()?;
-        Some(
-            list.items
-                .iter()
-                .filter(|o| phase(o).is_some_and(OperationPhase::is_terminal))
-                .count(),
-        )
-    };
-    // Kill whenever some progress was made, until every Operation is terminal.
-    let mut kills = 0;
-    let mut seen = 0;
-    while seen < N {
-        let now = poll_until(LIMIT, "progress", || async {
-            terminal().await.filter(|&n| n > seen || n == N)
-        })
-        .await?;
-        seen = now;
-        if seen < N && kills < 4 {
-            op.kill();
-            kills += 1;
-            op = spawn_operator(&s.env, &s.ns, &identity, &[])?;
-        }
-    }
-    ensure!(kills >= 1, "the operator was killed at least once");
-
-    let list = ops.list(&ListParams::default()).await?;
-    ensure!(list.items.len() == N);
-    let backups: Api<Backup> = Api::namespaced(s.env.client.clone(), &velero_ns);
-    let all_events = Api::<Event>::namespaced(s.env.client.clone(), &s.ns)
-        .list(&ListParams::default())
-        .await?
-        .items;
-    let mut uids = Vec::new();
-    for o in &list.items {
-        let name = o.name_any();
-        let uid = o.uid().context("uid")?;
-        ensure!(
-            phase(o) == Some(OperationPhase::Succeeded),
-            "{name}: {:?}",
-            o.status
-        );
-        let children = backups
-            .list(&ListParams::default().labels(&format!("{}={uid}", labels::OPERATION_ID)))
-            .await?;
-        ensure!(
-            children.items.len() == 1,
-            "{name}: {} Backups",
-            children.items.len()
-        );
-        let reasons: Vec<&str> = all_events
-            .iter()
-            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(&name))
-            .filter_map(|e| e.reason.as_deref())
-            .collect();
-        let terminal_events = reasons
-            .iter()
-            .filter(|r| {
-                matches!(
-                    **r,
-                    "OperationSucceeded" | "OperationFailed" | "OperationCancelled"
-                )
-            })
-            .count();
-        ensure!(terminal_events == 1, "{name}: events {reasons:?}");
-        uids.push((name, uid));
-    }
-    delete_operations(&s.env, &s.ns).await?;
-    // Let the last operator hand its audit events to the file.
-    op.terminate();
-    let audit = op.audit_events()?;
-    for (name, uid) in &uids {
-        let terminal_audit = audit
-            .iter()
-            .filter(|e| e["operation_id"] == uid.as_str() && e["kind"] == "OperationSucceeded")
-            .count();
-        ensure!(
-            terminal_audit <= 1,
-            "{name}: {terminal_audit} terminal audit events"
-        );
-    }
-    let mut ids = std::collections::BTreeSet::new();
-    for e in &audit {
-        let id = e["event_id"].as_str().context("event_id")?;
-        ensure!(ids.insert(id.to_owned()), "audit event {id} twice");
-    }
-    Ok(())
-}
-
 /// The catalog ConfigMap: an invalid one is reported on itself and the built-in catalog
 /// stays in force; a valid one overrides (here: the image a command runs in).
 #[tokio::test]
@@ -830,43 +732,41 @@ async fn the_catalog_configmap_overrides_or_is_reported() -> Result<()> {
     .await?;
     assert!(warned.1.contains("no.such.template"), "{warned:?}");
 
-    maps.patch(
-        "vworkspace-operation-catalog",
-        &PatchParams::default(),
-        &Patch::Merge(json!({ "data": { "no.such.template": null, "runcommand.job": "image: busybox:1.36" } })),
+    let patched = maps
+        .patch(
+            "vworkspace-operation-catalog",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "data": { "no.such.template": null, "runcommand.job": "image: busybox:1.36" } })),
+        )
+        .await?;
+    // Created right after the change, with no waiting: the Operation's first look reads
+    // the catalog fresh, so the change applies to it although the ConfigMap's watch
+    // event may not have reached the operator yet.
+    create_operation(
+        &s.env,
+        &s.ns,
+        "withimage",
+        "RunCommand",
+        "runcommand.job",
+        json!({ "parameters": { "command": "echo hi" } }),
     )
     .await?;
-    // The patched ConfigMap reaches the operator's cache on its own watch, with no
-    // ordering against the Operation's: an Operation created at once may still see the
-    // old catalog (and fail InvalidParameters, for good). Create one until one runs
-    // under the new catalog; that one must then have the overridden image.
-    let api: Api<Operation> = Api::namespaced(s.env.client.clone(), &s.ns);
-    let mut attempt = 0u32;
-    let done = poll_until(LIMIT, "an Operation under the overridden catalog", || {
-        attempt += 1;
-        let name = format!("withimage-{attempt}");
-        let (env, ns, api) = (&s.env, &s.ns, &api);
-        async move {
-            create_operation(
-                env,
-                ns,
-                &name,
-                "RunCommand",
-                "runcommand.job",
-                json!({ "parameters": { "command": "echo hi" } }),
-            )
-            .await
-            .ok()?;
-            let end = poll_until(LIMIT, &format!("{name} terminal"), || async {
-                let obj = api.get(&name).await.ok()?;
-                phase(&obj).filter(|p| p.is_terminal()).map(|p| (p, obj))
-            })
-            .await
-            .ok()?;
-            (end.0 == OperationPhase::Succeeded).then_some(end.1)
-        }
-    })
-    .await?;
+    let done = wait_phase(&s.env, &s.ns, "withimage", OperationPhase::Succeeded).await?;
+    assert_eq!(
+        done.status
+            .as_ref()
+            .and_then(|s| s.catalog_revision.clone()),
+        patched.resource_version(),
+        "the Operation records the catalog it ran under"
+    );
+    assert_eq!(
+        failed
+            .status
+            .as_ref()
+            .and_then(|s| s.catalog_revision.as_deref()),
+        Some("builtin"),
+        "an invalid ConfigMap leaves the built-in catalog in force"
+    );
     let child = done.status.and_then(|s| s.child_ref).context("childRef")?;
     let job = Api::<Job>::namespaced(s.env.client.clone(), &s.ns)
         .get(&child.name)
@@ -876,5 +776,640 @@ async fn the_catalog_configmap_overrides_or_is_reported() -> Result<()> {
         .and_then(|s| s.template.spec)
         .and_then(|p| p.containers.first().and_then(|c| c.image.clone()));
     assert_eq!(image.as_deref(), Some("busybox:1.36"));
+    Ok(())
+}
+
+/// Label that makes the admission policy of [`deny_operation_updates`] refuse updates of
+/// an Operation's metadata (its finalizer).
+const DENY_UPDATES: &str = "e2e.vworkspace.io/deny-updates";
+
+/// Make the API server deny updates (not status writes) of the Operations in `ns` that
+/// carry [`DENY_UPDATES`], and wait until the policy is in force. Scoped to `ns` by the
+/// binding, so concurrent tests are not affected. Returns the policy's name.
+async fn deny_operation_updates(env: &TestEnv, ns: &str) -> Result<String> {
+    use k8s_openapi::api::admissionregistration::v1::{
+        ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+    };
+    let name = format!("vws-deny-op-updates-{ns}");
+    Api::<ValidatingAdmissionPolicy>::all(env.client.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": { "name": name },
+                "spec": {
+                    "failurePolicy": "Fail",
+                    "matchConstraints": { "resourceRules": [{
+                        "apiGroups": ["vworkspace.io"], "apiVersions": ["v1alpha1"],
+                        "operations": ["UPDATE"], "resources": ["operations"]
+                    }]},
+                    "validations": [{
+                        "expression": format!("!has(object.metadata.labels) || !('{DENY_UPDATES}' in object.metadata.labels)"),
+                        "message": "updates of this Operation are denied by the test"
+                    }]
+                }
+            }))?,
+        )
+        .await?;
+    Api::<ValidatingAdmissionPolicyBinding>::all(env.client.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": { "name": name },
+                "spec": {
+                    "policyName": name,
+                    "validationActions": ["Deny"],
+                    "matchResources": { "namespaceSelector": { "matchLabels": { "kubernetes.io/metadata.name": ns } } }
+                }
+            }))?,
+        )
+        .await?;
+    // In force once an update of a labelled probe is denied (no operator runs yet).
+    let api: Api<Operation> = Api::namespaced(env.client.clone(), ns);
+    api.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({
+            "apiVersion": "vworkspace.io/v1alpha1",
+            "kind": "Operation",
+            "metadata": { "name": "probe", "labels": { DENY_UPDATES: "true" } },
+            "spec": { "type": "Backup", "template": "backup.velero", "applicationInstance": "app" },
+        }))?,
+    )
+    .await?;
+    poll_until(LIMIT, "the admission policy to deny updates", || async {
+        let write = api
+            .patch(
+                "probe",
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "metadata": { "annotations": { "probe": "x" } } })),
+            )
+            .await;
+        matches!(write, Err(kube::Error::Api(ref s)) if s.code == 422 || s.code == 403)
+            .then_some(())
+    })
+    .await?;
+    api.delete("probe", &DeleteParams::default()).await?;
+    poll_until(LIMIT, "the probe gone", || async {
+        api.get_opt("probe").await.ok()?.is_none().then_some(())
+    })
+    .await?;
+    Ok(name)
+}
+
+async fn remove_policy(env: &TestEnv, name: &str) {
+    use k8s_openapi::api::admissionregistration::v1::{
+        ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+    };
+    let _ = Api::<ValidatingAdmissionPolicyBinding>::all(env.client.clone())
+        .delete(name, &DeleteParams::default())
+        .await;
+    let _ = Api::<ValidatingAdmissionPolicy>::all(env.client.clone())
+        .delete(name, &DeleteParams::default())
+        .await;
+}
+
+/// `(status, reason, message)` of an Operation's condition `type_`.
+fn op_condition(op: &Operation, type_: &str) -> Option<(String, String, String)> {
+    op.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+/// A reconcile that fails (the API server refuses the finalizer the Velero child needs)
+/// is put on the Operation as `Reconciling=True/ApplyFailed` with one Warning Event and
+/// one audit event, and cleared by the next successful reconcile. On the way the
+/// Operation goes Blocked → Accepted → Blocked → Accepted: each entry is its own Event
+/// and audit event with its own id.
+#[tokio::test]
+async fn errors_reach_the_operation_and_blocked_twice_is_announced_twice() -> Result<()> {
+    let env = TestEnv::shared().await?;
+    install_crds(&env).await?;
+    let ns = env.fresh_namespace("operr").await?;
+    let policy = deny_operation_updates(&env, &ns).await?;
+    allow(&env, &ns, "runbook.workflow").await?;
+    let _flux = FluxSimulator::start(env.client.clone(), Some(&ns));
+    let op = spawn_operator(&env, &ns, &format!("op-{}", unique_suffix()), &[])?;
+    create_instance(&env, &ns, "app").await?;
+    let velero_ns = env.fresh_unmanaged_namespace("velero").await?;
+    let _velero = VeleroSimulator::start_with(
+        env.client.clone(),
+        Some(&velero_ns),
+        slow_velero(Outcome::Succeeded, Duration::from_secs(2)),
+    );
+    let api: Api<Operation> = Api::namespaced(env.client.clone(), &ns);
+    let created = api
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "vworkspace.io/v1alpha1",
+                "kind": "Operation",
+                "metadata": { "name": "bk", "labels": { DENY_UPDATES: "true" } },
+                "spec": {
+                    "type": "Backup", "template": "backup.velero", "applicationInstance": "app",
+                    "parameters": { "veleroNamespace": velero_ns }
+                },
+            }))?,
+        )
+        .await?;
+    let uid = created.uid().context("uid")?;
+    // 1. Blocked: the template is not allowed.
+    wait_events(&env, &ns, "bk", &["OperationBlocked"]).await?;
+    // 2. Accepted, then the create step fails on the finalizer, again and again.
+    allow(&env, &ns, "backup.velero").await?;
+    let reported = poll_until(LIMIT, "Reconciling=True/ApplyFailed", || async {
+        let o = api.get("bk").await.ok()?;
+        op_condition(&o, "Reconciling")
+            .filter(|c| c.0 == "True" && c.1 == "ApplyFailed")
+            .map(|c| (c.2, o))
+    })
+    .await?;
+    ensure!(
+        reported.0.contains("updating the finalizer") && reported.0.contains("denied by the test"),
+        "the message says what failed and why: {}",
+        reported.0
+    );
+    ensure!(
+        phase(&reported.1) == Some(OperationPhase::Accepted),
+        "the phase is kept: {:?}",
+        reported.1.status
+    );
+    let got = wait_events(
+        &env,
+        &ns,
+        "bk",
+        &["OperationBlocked", "OperationAccepted", "ApplyFailed"],
+    )
+    .await?;
+    ensure!(
+        got[2].1 == reported.0,
+        "the Event carries the condition's message"
+    );
+    // Let it retry against the denial: still one ApplyFailed Event.
+    poll_until(LIMIT, "several denied finalizer updates", || async {
+        let metrics = Exposition::parse(&op.metrics().await.ok()?).ok()?;
+        let denied = ["422", "403"]
+            .iter()
+            .map(|code| {
+                metrics.sum(
+                    "rest_client_requests_total",
+                    &[("method", "PATCH"), ("code", code)],
+                )
+            })
+            .sum::<f64>();
+        (denied >= 3.0).then_some(())
+    })
+    .await?;
+    // 3. Blocked again: the template is no longer allowed (nothing was handed out yet).
+    allow(&env, &ns, "runbook.workflow").await?;
+    let blocked = poll_until(LIMIT, "Blocked again, error cleared", || async {
+        let o = api.get("bk").await.ok()?;
+        let cleared = op_condition(&o, "Reconciling").is_some_and(|c| c.0 == "False");
+        (phase(&o) == Some(OperationPhase::Blocked) && cleared).then_some(o)
+    })
+    .await?;
+    let reconciling = op_condition(&blocked, "Reconciling").context("Reconciling")?;
+    ensure!(reconciling.1 == "ReconcileSucceeded", "{reconciling:?}");
+    // 4. The fault is lifted and the template allowed: it runs to its end.
+    api.patch(
+        "bk",
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "metadata": { "labels": { DENY_UPDATES: null } } })),
+    )
+    .await?;
+    allow(&env, &ns, "backup.velero").await?;
+    let done = wait_phase(&env, &ns, "bk", OperationPhase::Succeeded).await?;
+    let reconciling = op_condition(&done, "Reconciling").context("Reconciling")?;
+    ensure!(reconciling.0 == "False", "{reconciling:?}");
+    let got = wait_events(
+        &env,
+        &ns,
+        "bk",
+        &[
+            "OperationBlocked",
+            "OperationAccepted",
+            "ApplyFailed",
+            "OperationBlocked",
+            "OperationAccepted",
+            "OperationRunning",
+            "OperationSucceeded",
+        ],
+    )
+    .await?;
+    let audit = poll_until(LIMIT, "seven audit events", || async {
+        let audit = audit_of(&op, &uid).ok()?;
+        (audit.len() >= got.len()).then_some(audit)
+    })
+    .await?;
+    let kinds: Vec<&str> = audit.iter().filter_map(|e| e["kind"].as_str()).collect();
+    let reasons: Vec<&str> = got.iter().map(|(r, _)| r.as_str()).collect();
+    ensure!(kinds == reasons, "audit {kinds:?} != events {reasons:?}");
+    let ids = |kind: &str| -> Vec<String> {
+        audit
+            .iter()
+            .filter(|e| e["kind"] == kind)
+            .filter_map(|e| e["event_id"].as_str().map(str::to_owned))
+            .collect()
+    };
+    for kind in ["OperationBlocked", "OperationAccepted"] {
+        let ids = ids(kind);
+        ensure!(
+            ids.len() == 2 && ids[0] != ids[1],
+            "{kind}: two distinct audit ids, got {ids:?}"
+        );
+    }
+    // Every id recorded in status was published with that id.
+    for record in &done.status.as_ref().context("status")?.transitions {
+        let id = record.event_id(common::CLUSTER_ID, &uid);
+        ensure!(
+            audit.iter().any(|e| e["event_id"] == id.as_str()),
+            "recorded {record:?} was published with id {id}"
+        );
+    }
+    delete_operations(&env, &ns).await?;
+    remove_policy(&env, &policy).await;
+    Ok(())
+}
+
+/// The target's `(spec chart version, deployed revision, deployed chart version)`.
+async fn target_release(env: &TestEnv, ns: &str) -> Result<(String, Option<i64>, Option<String>)> {
+    let ai = Api::<ApplicationInstance>::namespaced(env.client.clone(), ns)
+        .get("app")
+        .await?;
+    let release = ai.status.as_ref().and_then(|s| s.helm_release.clone());
+    Ok((
+        ai.spec.chart.version.clone(),
+        release.as_ref().and_then(|r| r.revision),
+        release.and_then(|r| r.chart_version),
+    ))
+}
+
+async fn wait_target_ready(env: &TestEnv, ns: &str) -> Result<()> {
+    let api: Api<ApplicationInstance> = Api::namespaced(env.client.clone(), ns);
+    poll_until(LIMIT, "app Ready", || async {
+        let obj = api.get("app").await.ok()?;
+        condition(&obj, "Ready")
+            .is_some_and(|c| c.0 == "True")
+            .then_some(())
+    })
+    .await
+}
+
+/// `upgrade.helm` changes the target's chart version and succeeds once the instance is
+/// Ready with a new release revision at that version; `upgrade.helmHookJob` runs its
+/// Job first (for real, on kwok) and a failing hook stops before the upgrade; a Flux
+/// UpgradeFailed ends the Operation Failed with Flux's words.
+#[tokio::test]
+async fn upgrades_through_flux_succeed_or_fail_with_fluxs_reason() -> Result<()> {
+    let s = setup("opupg", "upgrade.helm,upgrade.helmHookJob", true).await?;
+    let (version, before, _) = target_release(&s.env, &s.ns).await?;
+    assert_eq!(version, "1.0.0");
+    let before = before.context("a deployed revision before the upgrade")?;
+
+    // 1. upgrade.helm to Succeeded.
+    create_operation(
+        &s.env,
+        &s.ns,
+        "up",
+        "Upgrade",
+        "upgrade.helm",
+        json!({ "parameters": { "version": "1.1.0" } }),
+    )
+    .await?;
+    let done = wait_phase(&s.env, &s.ns, "up", OperationPhase::Succeeded).await?;
+    let status = done.status.clone().context("status")?;
+    assert_eq!(status.reason.as_deref(), Some("HelmUpgradeSucceeded"));
+    let (version, revision, deployed) = target_release(&s.env, &s.ns).await?;
+    assert_eq!(
+        version, "1.1.0",
+        "the instance's spec carries the new version"
+    );
+    assert_eq!(deployed.as_deref(), Some("1.1.0"));
+    let revision = revision.context("revision")?;
+    ensure!(revision > before, "a new revision: {before} -> {revision}");
+    let upgrade = status.upgrade.clone().context("status.upgrade")?;
+    assert_eq!(upgrade.from_chart_version.as_deref(), Some("1.0.0"));
+    assert_eq!(upgrade.from_revision, Some(before));
+    let got = events(&s.env, &s.ns, "up").await?;
+    let reasons: Vec<&str> = got.iter().map(|(r, _)| r.as_str()).collect();
+    ensure!(
+        reasons.first() == Some(&"OperationAccepted")
+            && reasons.last() == Some(&"OperationSucceeded")
+            && reasons.len() <= 3,
+        "events on up: {got:?}"
+    );
+    ensure!(
+        got.last().is_some_and(|(_, n)| n.contains("1.1.0")),
+        "the message names the version: {got:?}"
+    );
+
+    // 2. upgrade.helmHookJob: the hook Job runs, then the upgrade.
+    create_operation(
+        &s.env,
+        &s.ns,
+        "hooked",
+        "Upgrade",
+        "upgrade.helmHookJob",
+        json!({ "parameters": { "version": "1.1.5", "image": "busybox:1.36", "command": "echo migrate" } }),
+    )
+    .await?;
+    let hooked = wait_phase(&s.env, &s.ns, "hooked", OperationPhase::Succeeded).await?;
+    let uid = hooked.uid().context("uid")?;
+    let jobs = Api::<Job>::namespaced(s.env.client.clone(), &s.ns)
+        .list(&ListParams::default().labels(&format!("{}={uid}", labels::OPERATION_ID)))
+        .await?;
+    ensure!(jobs.items.len() == 1, "one hook Job: {}", jobs.items.len());
+    ensure!(
+        jobs.items[0].status.as_ref().and_then(|s| s.succeeded) == Some(1),
+        "the hook Job completed"
+    );
+    assert_eq!(
+        target_release(&s.env, &s.ns).await?.2.as_deref(),
+        Some("1.1.5")
+    );
+
+    // 3. A hook that fails: the upgrade never starts.
+    create_operation(
+        &s.env,
+        &s.ns,
+        "hook-fails",
+        "Upgrade",
+        "upgrade.helmHookJob",
+        json!({ "parameters": {
+            "version": "1.1.9", "image": "busybox:1.36", "command": "exit 3", "backoffLimit": 0,
+            "podAnnotations": { vworkspace_testkit::cluster::EXIT_CODE_ANNOTATION: "3" },
+        } }),
+    )
+    .await?;
+    let failed = wait_phase(&s.env, &s.ns, "hook-fails", OperationPhase::Failed).await?;
+    assert_eq!(
+        failed.status.as_ref().and_then(|s| s.reason.as_deref()),
+        Some("HookJobFailed")
+    );
+    assert_eq!(
+        target_release(&s.env, &s.ns).await?.0,
+        "1.1.5",
+        "the chart version was not touched"
+    );
+
+    // 4. Flux fails the upgrade: Failed with Flux's reason and message.
+    wait_target_ready(&s.env, &s.ns).await?;
+    s._flux
+        .fail_version("1.2.0", "post-upgrade hooks failed: job db-migrate failed");
+    create_operation(
+        &s.env,
+        &s.ns,
+        "up-bad",
+        "Upgrade",
+        "upgrade.helm",
+        json!({ "parameters": { "version": "1.2.0" } }),
+    )
+    .await?;
+    let bad = wait_phase(&s.env, &s.ns, "up-bad", OperationPhase::Failed).await?;
+    let status = bad.status.clone().context("status")?;
+    assert_eq!(status.reason.as_deref(), Some("HelmUpgradeFailed"));
+    let message = status.message.unwrap_or_default();
+    ensure!(
+        message.contains("UpgradeFailed") && message.contains("job db-migrate failed"),
+        "Flux's reason and message: {message}"
+    );
+    let got = wait_until_event(&s.env, &s.ns, "up-bad", "OperationFailed").await?;
+    let reasons: Vec<&str> = got.iter().map(|(r, _)| r.as_str()).collect();
+    ensure!(
+        reasons == ["OperationAccepted", "OperationRunning", "OperationFailed"]
+            || reasons == ["OperationAccepted", "OperationFailed"],
+        "events on up-bad: {got:?}"
+    );
+    ensure!(got.last().is_some_and(|(_, n)| n == &message), "{got:?}");
+    let audit = audit_of(&s.op, &bad.uid().context("uid")?)?;
+    let last = audit.last().context("audit")?;
+    assert_eq!(last["kind"], "OperationFailed");
+    assert_eq!(last["reason"], "HelmUpgradeFailed");
+    assert_eq!(
+        operation_total(&s.op, "Upgrade", "helm", "succeeded").await?,
+        1.0
+    );
+    assert_eq!(
+        operation_total(&s.op, "Upgrade", "helm", "failed").await?,
+        1.0
+    );
+    assert_eq!(
+        operation_total(&s.op, "Upgrade", "helmHookJob", "failed").await?,
+        1.0
+    );
+    delete_operations(&s.env, &s.ns).await?;
+    Ok(())
+}
+
+/// `backup.volsync` sets a manual trigger on a ReplicationSource and is done when
+/// VolSync reports `lastManualSync` equal to that trigger.
+#[tokio::test]
+async fn volsync_is_done_when_the_manual_sync_matches_the_trigger() -> Result<()> {
+    use vworkspace_api::thirdparty::ReplicationSource;
+    use vworkspace_testkit::sim::volsync::{VolSyncOptions, VolSyncSimulator};
+    let s = setup("opvs", "backup.volsync", true).await?;
+    let _volsync = VolSyncSimulator::start_with(
+        s.env.client.clone(),
+        Some(&s.ns),
+        VolSyncOptions {
+            sim: SimOptions {
+                duration: Duration::from_secs(2),
+                ..SimOptions::default()
+            },
+        },
+    );
+    create_operation(
+        &s.env,
+        &s.ns,
+        "sync",
+        "Backup",
+        "backup.volsync",
+        json!({ "parameters": { "sourcePVC": "data", "restic": { "repository": "restic-config" } } }),
+    )
+    .await?;
+    let done = wait_phase(&s.env, &s.ns, "sync", OperationPhase::Succeeded).await?;
+    let status = done.status.clone().context("status")?;
+    assert_eq!(status.reason.as_deref(), Some("VolSyncSyncCompleted"));
+    let child = status.child_ref.clone().context("childRef")?;
+    assert_eq!(child.kind, "ReplicationSource");
+    let rs = serde_json::to_value(
+        Api::<ReplicationSource>::namespaced(s.env.client.clone(), &s.ns)
+            .get(&child.name)
+            .await?,
+    )?;
+    let trigger = rs["spec"]["trigger"]["manual"]
+        .as_str()
+        .context("trigger")?;
+    assert_eq!(rs["status"]["lastManualSync"], trigger);
+    assert_eq!(rs["spec"]["sourcePVC"], "data");
+    assert_eq!(
+        status.outputs.get("sourcePVC").map(String::as_str),
+        Some("data")
+    );
+    let got = wait_until_event(&s.env, &s.ns, "sync", "OperationSucceeded").await?;
+    ensure!(
+        got.first().is_some_and(|(r, _)| r == "OperationAccepted"),
+        "{got:?}"
+    );
+    assert_eq!(
+        operation_total(&s.op, "Backup", "volsync", "succeeded").await?,
+        1.0
+    );
+    delete_operations(&s.env, &s.ns).await?;
+    Ok(())
+}
+
+/// `backup.snapshot` takes one VolumeSnapshot per PVC of the application and is done
+/// when all are ready; a snapshot error alone ends nothing, the deadline does
+/// (SnapshotTimeout, snapshots deleted).
+#[tokio::test]
+async fn snapshots_one_per_pvc_and_errors_wait_for_the_deadline() -> Result<()> {
+    use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+    use vworkspace_api::thirdparty::VolumeSnapshot;
+    use vworkspace_testkit::sim::snapshot::{SnapshotOptions, SnapshotSimulator};
+    let s = setup("opsnap", "backup.snapshot", true).await?;
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(s.env.client.clone(), &s.ns);
+    for name in ["data", "db"] {
+        pvcs.create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": { "name": name, "labels": { "app.kubernetes.io/instance": "app" } },
+                "spec": { "accessModes": ["ReadWriteOnce"], "resources": { "requests": { "storage": "1Gi" } } }
+            }))?,
+        )
+        .await?;
+    }
+    // Another release's PVC is not the application's.
+    pvcs.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({
+            "metadata": { "name": "other", "labels": { "app.kubernetes.io/instance": "other" } },
+            "spec": { "accessModes": ["ReadWriteOnce"], "resources": { "requests": { "storage": "1Gi" } } }
+        }))?,
+    )
+    .await?;
+    let snapshots: Api<VolumeSnapshot> = Api::namespaced(s.env.client.clone(), &s.ns);
+    let of = |uid: String| {
+        let snapshots = snapshots.clone();
+        async move {
+            snapshots
+                .list(&ListParams::default().labels(&format!("{}={uid}", labels::OPERATION_ID)))
+                .await
+                .map(|l| l.items)
+        }
+    };
+
+    let sim = SnapshotSimulator::start_with(
+        s.env.client.clone(),
+        Some(&s.ns),
+        SnapshotOptions {
+            sim: SimOptions {
+                duration: Duration::from_secs(1),
+                ..SimOptions::default()
+            },
+            ..SnapshotOptions::default()
+        },
+    );
+    create_operation(
+        &s.env,
+        &s.ns,
+        "snap",
+        "Backup",
+        "backup.snapshot",
+        json!({}),
+    )
+    .await?;
+    let done = wait_phase(&s.env, &s.ns, "snap", OperationPhase::Succeeded).await?;
+    let status = done.status.clone().context("status")?;
+    assert_eq!(status.reason.as_deref(), Some("SnapshotReady"));
+    let mine = of(done.uid().context("uid")?).await?;
+    let mut sources: Vec<String> = mine
+        .iter()
+        .filter_map(|v| serde_json::to_value(v).ok())
+        .filter_map(|v| {
+            v["spec"]["source"]["persistentVolumeClaimName"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect();
+    sources.sort();
+    assert_eq!(
+        sources,
+        ["data", "db"],
+        "one VolumeSnapshot per PVC of the application"
+    );
+    ensure!(
+        mine.iter()
+            .all(|v| v.status.as_ref().and_then(|s| s.ready_to_use) == Some(true)),
+        "all ready"
+    );
+    drop(sim);
+
+    // Now the snapshotter reports an error on every snapshot.
+    let _failing = SnapshotSimulator::start_with(
+        s.env.client.clone(),
+        Some(&s.ns),
+        SnapshotOptions {
+            sim: SimOptions {
+                duration: Duration::from_millis(200),
+                outcome: Outcome::Failed,
+                failure_reason: Some("rpc error: code = Internal desc = disk busy".to_owned()),
+                ..SimOptions::default()
+            },
+            ..SnapshotOptions::default()
+        },
+    );
+    let created = create_operation(
+        &s.env,
+        &s.ns,
+        "snap-err",
+        "Backup",
+        "backup.snapshot",
+        json!({ "timeout": "12s" }),
+    )
+    .await?;
+    let uid = created.uid().context("uid")?;
+    poll_until(LIMIT, "errors on both snapshots", || async {
+        let list = of(uid.clone()).await.ok()?;
+        (list.len() == 2
+            && list
+                .iter()
+                .all(|v| v.status.as_ref().is_some_and(|s| s.error.is_some())))
+        .then_some(())
+    })
+    .await?;
+    // The errors are seen (the operator's message counts them) and end nothing.
+    let api: Api<Operation> = Api::namespaced(s.env.client.clone(), &s.ns);
+    let running = poll_until(LIMIT, "the errors in the message", || async {
+        let o = api.get("snap-err").await.ok()?;
+        o.status
+            .as_ref()?
+            .message
+            .as_deref()?
+            .contains("disk busy")
+            .then_some(o)
+    })
+    .await?;
+    ensure!(
+        !phase(&running).is_some_and(OperationPhase::is_terminal),
+        "an error is not terminal by itself: {:?}",
+        running.status
+    );
+    let failed = wait_phase(&s.env, &s.ns, "snap-err", OperationPhase::Failed).await?;
+    let status = failed.status.clone().context("status")?;
+    assert_eq!(status.reason.as_deref(), Some("SnapshotTimeout"));
+    ensure!(
+        status
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("disk busy")),
+        "the timeout names the errors: {status:?}"
+    );
+    poll_until(LIMIT, "the snapshots deleted", || async {
+        of(uid.clone()).await.ok()?.is_empty().then_some(())
+    })
+    .await?;
+    delete_operations(&s.env, &s.ns).await?;
     Ok(())
 }

@@ -307,9 +307,26 @@ impl Template {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Catalog {
     templates: Vec<Template>,
+    revision: String,
 }
 
+/// [`Catalog::revision`] of the built-in catalog (no ConfigMap, or one that does not parse).
+pub const BUILTIN_REVISION: &str = "builtin";
+
 impl Catalog {
+    /// Which catalog this is: [`BUILTIN_REVISION`], or the resourceVersion of the
+    /// ConfigMap whose overrides it carries (recorded on each Operation as
+    /// `status.catalogRevision`).
+    pub fn revision(&self) -> &str {
+        &self.revision
+    }
+
+    /// This catalog, named as built from the ConfigMap at resourceVersion `revision`.
+    pub fn at_revision(mut self, revision: &str) -> Self {
+        revision.clone_into(&mut self.revision);
+        self
+    }
+
     /// The template called `name`, if the catalog has one.
     pub fn get(&self, name: &str) -> Option<&Template> {
         self.templates.iter().find(|t| t.name == name)
@@ -364,6 +381,7 @@ pub fn builtin() -> Catalog {
     use Engine as E;
     use OperationType as T;
     Catalog {
+        revision: BUILTIN_REVISION.to_owned(),
         templates: vec![
             Template::new::<Backup>(T::Backup, E::Velero, minutes(30)),
             Template::new::<Restore>(T::Restore, E::Velero, minutes(60)),

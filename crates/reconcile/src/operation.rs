@@ -215,6 +215,8 @@ pub struct ValidOperation {
     pub cancel: bool,
     /// `metadata.deletionTimestamp` is set.
     pub deleting: bool,
+    /// [`Catalog::revision`] of the catalog it was validated under.
+    pub catalog_revision: String,
 }
 
 impl ValidOperation {
@@ -390,6 +392,7 @@ pub fn validate(op: &Operation, catalog: &Catalog) -> Result<ValidOperation, Inv
         params,
         cancel: spec.cancel,
         deleting: meta.deletion_timestamp.is_some(),
+        catalog_revision: catalog.revision().to_owned(),
     })
 }
 
@@ -669,6 +672,12 @@ impl<'a> Next<'a> {
         let mut status = prev.clone();
         status.engine = Some(op.engine());
         status.observed_generation = Some(op.identity.generation);
+        clear_error(&mut status, op.identity.generation, now);
+        if !started(prev) {
+            // Until work is handed out, each plan is made under the catalog in force;
+            // the plan that hands it out fixes the record.
+            status.catalog_revision = Some(op.catalog_revision.clone());
+        }
         let mut next = Next {
             op,
             prev,
@@ -843,6 +852,18 @@ pub fn plan(op: &ValidOperation, prev: &OperationStatus, world: &World) -> Plan 
         return unchanged(prev, Step::DeleteChildren);
     }
     if prev.phase.is_some_and(OperationPhase::is_terminal) {
+        let mut status = prev.clone();
+        if clear_error(&mut status, op.identity.generation, &world.now) {
+            // An error reported after the terminal write (a failed read, say) is cleared
+            // by the next reconcile that succeeds; nothing else changes.
+            return Plan {
+                status,
+                step: Step::Done,
+                outcome: None,
+                transitions: Vec::new(),
+                changed: true,
+            };
+        }
         return unchanged(prev, Step::Done);
     }
     let mut next = Next::new(op, prev, &world.now);
@@ -1509,8 +1530,9 @@ fn follow(next: &mut Next<'_>, world: &World) -> Step {
     }
 }
 
-/// The plan for an Operation that did not validate: Failed with the reason, once.
-pub fn plan_invalid(op: &Operation, invalid: &Invalid, now: &Time) -> Plan {
+/// The plan for an Operation that did not validate under `catalog`: Failed with the
+/// reason, once.
+pub fn plan_invalid(op: &Operation, invalid: &Invalid, catalog: &Catalog, now: &Time) -> Plan {
     let prev = op.status.clone().unwrap_or_default();
     let generation = op.metadata.generation.unwrap_or(1);
     if op.metadata.deletion_timestamp.is_some() {
@@ -1546,6 +1568,7 @@ pub fn plan_invalid(op: &Operation, invalid: &Invalid, now: &Time) -> Plan {
         ),
         now,
     );
+    status.catalog_revision = Some(catalog.revision().to_owned());
     status.phase = Some(OperationPhase::Failed);
     status.reason = Some(invalid.reason().to_owned());
     status.message = Some(message);
@@ -1570,6 +1593,85 @@ pub fn plan_invalid(op: &Operation, invalid: &Invalid, now: &Time) -> Plan {
         status,
         step: Step::Done,
         outcome: Some(Outcome::Failed),
+        transitions,
+    }
+}
+
+/// Set `Reconciling=False` (`ReconcileSucceeded`) when an earlier failed reconcile left it
+/// `True`; whether it did.
+fn clear_error(status: &mut OperationStatus, generation: i64, now: &Time) -> bool {
+    let failing = find_condition(&status.conditions, cond::RECONCILING)
+        .is_some_and(|c| c.status == ConditionStatus::True.as_str());
+    if failing {
+        set_condition(
+            &mut status.conditions,
+            new_condition(
+                cond::RECONCILING,
+                ConditionStatus::False,
+                reasons::RECONCILE_SUCCEEDED,
+                "the last reconcile succeeded",
+                Some(generation),
+                now,
+            ),
+            now,
+        );
+    }
+    failing
+}
+
+/// The status reporting a failed reconcile of `op` (read fresh): `Reconciling=True` with
+/// the error's `category` as reason and the error chain as message. Phase, reason and the
+/// other conditions keep what they said: the step that failed is retried, and the next
+/// reconcile that succeeds sets `Reconciling=False` again. A new category (or the first
+/// report) is announced as a Warning Event with the category as reason; another failure
+/// with the same category is not announced again. An Operation being deleted gets no
+/// report (nothing of it is kept).
+pub fn plan_error(op: &Operation, category: &'static str, message: &str, now: &Time) -> Plan {
+    let prev = op.status.clone().unwrap_or_default();
+    let generation = op.metadata.generation.unwrap_or(1);
+    if op.metadata.deletion_timestamp.is_some() {
+        return unchanged(
+            &prev,
+            Step::Wait {
+                requeue_after: None,
+            },
+        );
+    }
+    let mut status = prev.clone();
+    set_condition(
+        &mut status.conditions,
+        new_condition(
+            cond::RECONCILING,
+            ConditionStatus::True,
+            category,
+            message,
+            Some(generation),
+            now,
+        ),
+        now,
+    );
+    let transitions = transitions::announce(
+        Announced::Operation,
+        generation,
+        StatusView {
+            observed_generation: prev.observed_generation,
+            conditions: &prev.conditions,
+        },
+        StatusView {
+            observed_generation: status.observed_generation,
+            conditions: &status.conditions,
+        },
+        None,
+        &mut status.transitions,
+        now,
+    );
+    Plan {
+        changed: status != prev,
+        status,
+        step: Step::Wait {
+            requeue_after: None,
+        },
+        outcome: None,
         transitions,
     }
 }

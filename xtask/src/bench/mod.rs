@@ -20,6 +20,7 @@
 //! written to the doc) as such, and the steady-state verdict is printed as PASS/FAIL
 //! without changing the exit status.
 
+mod operations;
 mod report;
 mod simulator;
 
@@ -224,6 +225,9 @@ fn parse_duration(text: &str) -> Option<Duration> {
 
 /// `cargo xtask bench [FLAGS]`.
 pub async fn run(args: &[&str]) -> Result<ExitCode> {
+    if let ["operations", rest @ ..] = args {
+        return operations::run(rest).await;
+    }
     if args.iter().any(|a| matches!(*a, "--help" | "-h" | "help")) {
         println!("usage: cargo xtask bench [FLAGS]\n\n{USAGE}");
         return Ok(ExitCode::SUCCESS);

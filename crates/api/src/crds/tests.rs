@@ -166,6 +166,14 @@ fn names_groups_versions_and_scope() {
             &[],
         ),
         (
+            "podvolumebackups.velero.io",
+            "velero.io",
+            "v1",
+            "PodVolumeBackup",
+            "podvolumebackups",
+            &[],
+        ),
+        (
             "workflows.argoproj.io",
             "argoproj.io",
             "v1alpha1",

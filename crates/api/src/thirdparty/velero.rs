@@ -229,3 +229,56 @@ pub struct ServerStatusRequestStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub processed_timestamp: Option<Time>,
 }
+
+/// Label Velero puts on the objects it creates for a Backup (PodVolumeBackups,
+/// DataUploads, ...): the Backup's uid.
+pub const BACKUP_UID_LABEL: &str = "velero.io/backup-uid";
+/// Label Velero puts on those objects: the Backup's name (shortened when too long).
+pub const BACKUP_NAME_LABEL: &str = "velero.io/backup-name";
+
+/// A Velero `PodVolumeBackup` (velero.io/v1): one pod volume copied by Velero's node agent
+/// (file-system backup) for a Backup. Created by Velero in its namespace, labelled
+/// [`BACKUP_NAME_LABEL`] and [`BACKUP_UID_LABEL`], owned by the Backup. Its
+/// `status.progress` holds the bytes moved; the Backup's own status counts only items.
+#[derive(CustomResource, Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "velero.io",
+    version = "v1",
+    kind = "PodVolumeBackup",
+    plural = "podvolumebackups",
+    namespaced,
+    status = "PodVolumeBackupStatus",
+    derive = "PartialEq",
+    doc = "Velero PodVolumeBackup (lenient test double of the upstream CRD)."
+)]
+#[serde(rename_all = "camelCase")]
+pub struct PodVolumeBackupSpec {
+    /// The volume's name within its pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<String>,
+}
+
+/// Observed state of a PodVolumeBackup.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PodVolumeBackupStatus {
+    /// New, InProgress, Completed, Failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    /// Bytes of the volume and bytes copied so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<DataMoveProgress>,
+}
+
+/// `status.progress` of a PodVolumeBackup or DataUpload (Velero's
+/// `DataMoveOperationProgress`).
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct DataMoveProgress {
+    /// Size of the data to move.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_bytes: Option<i64>,
+    /// Bytes moved so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_done: Option<i64>,
+}

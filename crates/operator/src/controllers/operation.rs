@@ -23,7 +23,10 @@
 //!   retried after a failed write counts once);
 //! * the catalog is the built-in one, overridden by the catalog ConfigMap; a ConfigMap
 //!   that does not parse keeps the built-in catalog in force and is reported (error log
-//!   and Warning Event on the ConfigMap) once per resourceVersion.
+//!   and Warning Event on the ConfigMap) once per resourceVersion;
+//! * an Operation's first plan is made under a catalog at least as recent as the
+//!   Operation ([`fresh_catalog`]), so a catalog change made before it was created
+//!   always applies to it; `status.catalogRevision` says which catalog it was.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -168,6 +171,8 @@ pub struct Context {
     pub children: ChildWatches,
     /// The catalog ConfigMap's cache (one object at most).
     pub catalog_config: Store<ConfigMap>,
+    /// The namespace of the catalog ConfigMap (the operator's own).
+    pub catalog_namespace: String,
     /// The catalog in force, and the resourceVersions already reported as invalid.
     pub catalog: CatalogState,
     /// The resourceVersions of the controller's own status writes.
@@ -186,8 +191,18 @@ pub struct CatalogState(Mutex<CatalogInner>);
 struct CatalogInner {
     /// resourceVersion of the ConfigMap it was built from (`None`: no ConfigMap).
     version: Option<String>,
+    /// Built from a fresh read rather than the cache: kept while the cache lags behind it.
+    fetched: bool,
+    /// The API server's resourceVersion of the latest fresh read: the catalog in force
+    /// holds every ConfigMap change up to it.
+    fresh_as_of: u64,
     catalog: Option<Arc<Catalog>>,
     reported: HashSet<String>,
+}
+
+/// A resourceVersion as a number (etcd revision); `None` or not a number counts as 0.
+fn revision_number(version: Option<&String>) -> u64 {
+    version.and_then(|v| v.parse().ok()).unwrap_or(0)
 }
 
 pub use super::written::WrittenVersions;
@@ -470,13 +485,20 @@ async fn reconcile_operation(cached: &Operation, ctx: &Context) -> Result<Action
         &fresh
     };
     let now = Time(Timestamp::now());
-    let catalog = current_catalog(ctx).await;
     let prev = obj.status.clone().unwrap_or_default();
+    let first_look = prev.catalog_revision.is_none()
+        && !is_terminal(obj)
+        && obj.metadata.deletion_timestamp.is_none();
+    let catalog = if first_look {
+        fresh_catalog(ctx, obj).await?
+    } else {
+        current_catalog(ctx).await
+    };
     let valid = match machine::validate(obj, &catalog) {
         Ok(valid) => valid,
         Err(invalid) => {
             tracing::warn!(reason = invalid.reason(), "invalid Operation: {invalid}");
-            let plan = machine::plan_invalid(obj, &invalid, &now);
+            let plan = machine::plan_invalid(obj, &invalid, &catalog, &now);
             if plan.step == Step::DeleteChildren {
                 remove_finalizer(&api, obj).await?;
                 return Ok(Action::Done);
@@ -680,7 +702,8 @@ async fn observe(
         }
         _ => Vec::new(),
     };
-    let children = children_of(ctx, op);
+    let mut children = children_of(ctx, op);
+    children.velero_volume_bytes = backup_volume_bytes(&ctx.client, &children).await?;
     Ok(World {
         now,
         namespace,
@@ -691,6 +714,35 @@ async fn observe(
         pvcs,
         children,
     })
+}
+
+/// The bytes Velero moved for the Operation's Backup, once it ended in a phase that
+/// reports them: one LIST of its PodVolumeBackups (by Velero's backup-uid label), on the
+/// reconcile that records the outcome. `None` while the Backup runs, when it copied no
+/// pod volume, or when the cluster does not serve PodVolumeBackups.
+async fn backup_volume_bytes(client: &Client, children: &Children) -> Result<Option<u64>, Error> {
+    use vworkspace_api::thirdparty::velero::{BACKUP_UID_LABEL, PodVolumeBackup};
+    use vworkspace_reconcile::engines::velero;
+    let Some(backup) = children
+        .backups
+        .iter()
+        .find(|b| velero::wants_volume_bytes(b))
+    else {
+        return Ok(None);
+    };
+    let Some(uid) = backup.uid() else {
+        return Ok(None);
+    };
+    let ns = backup.namespace().unwrap_or_default();
+    let selector = format!("{BACKUP_UID_LABEL}={uid}");
+    match Api::<PodVolumeBackup>::namespaced(client.clone(), &ns)
+        .list(&ListParams::default().labels(&selector))
+        .await
+    {
+        Ok(list) => Ok(velero::volume_bytes(&list.items)),
+        Err(e) if api_code(&e) == Some(404) => Ok(None),
+        Err(e) => Err(Error::Read("the Backup's PodVolumeBackups", e)),
+    }
 }
 
 async fn list_peers(client: &Client, ns: &str) -> Result<Vec<Peer>, Error> {
@@ -1106,26 +1158,82 @@ async fn delete_children(ctx: &Context, op: &ValidOperation) -> Result<(), Error
 
 /// The catalog in force: the built-in one with the ConfigMap's overrides, rebuilt when
 /// the ConfigMap's resourceVersion changes. An invalid ConfigMap keeps the built-in
-/// catalog and is reported once per resourceVersion.
+/// catalog and is reported once per resourceVersion. A catalog read fresh
+/// ([`fresh_catalog`]) stays in force while the cache holds an older ConfigMap.
 async fn current_catalog(ctx: &Context) -> Arc<Catalog> {
     let config = ctx
         .catalog_config
         .state()
         .into_iter()
         .find(|cm| cm.metadata.name.as_deref() == Some(catalog::CONFIGMAP_NAME));
+    install_catalog(ctx, config, false).await
+}
+
+/// A catalog that holds every ConfigMap change made before `op` was created (`op` has
+/// never been looked at, so its resourceVersion is at most one of a metadata change
+/// after its creation). When the latest fresh read is at least that recent, the catalog
+/// in force is; otherwise a LIST of the ConfigMap (a quorum read, whose resourceVersion
+/// says up to where it is current) is made and its catalog put in force. One LIST thus
+/// serves every Operation created before it; that is what makes "a catalog change made
+/// before an Operation was created applies to it" hold although the ConfigMap and
+/// Operation watches are not ordered.
+async fn fresh_catalog(ctx: &Context, op: &Operation) -> Result<Arc<Catalog>, Error> {
+    let op_version = revision_number(op.metadata.resource_version.as_ref());
+    let as_of = ctx
+        .catalog
+        .0
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .fresh_as_of;
+    if op_version > 0 && op_version <= as_of {
+        return Ok(current_catalog(ctx).await);
+    }
+    let list = Api::<ConfigMap>::namespaced(ctx.client.clone(), &ctx.catalog_namespace)
+        .list(&ListParams::default().fields(&format!("metadata.name={}", catalog::CONFIGMAP_NAME)))
+        .await
+        .map_err(|e| Error::Read("the operation catalog ConfigMap", e))?;
+    let read_at = revision_number(list.metadata.resource_version.as_ref());
+    let config = list.items.into_iter().next().map(|mut cm| {
+        cm.metadata.managed_fields = None;
+        Arc::new(cm)
+    });
+    let catalog = install_catalog(ctx, config, true).await;
+    let mut inner = ctx.catalog.0.lock().unwrap_or_else(PoisonError::into_inner);
+    inner.fresh_as_of = inner.fresh_as_of.max(read_at);
+    Ok(catalog)
+}
+
+/// Make the catalog of `config` (a ConfigMap read from the cache, or fresh when
+/// `fetched`) the one in force, unless it already is, or unless it comes from a cache
+/// that lags behind a fresh read.
+async fn install_catalog(
+    ctx: &Context,
+    config: Option<Arc<ConfigMap>>,
+    fetched: bool,
+) -> Arc<Catalog> {
     let version = config.as_ref().and_then(|c| c.resource_version());
     let report = {
         let mut inner = ctx.catalog.0.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(catalog) = &inner.catalog
-            && inner.version == version
-        {
-            return Arc::clone(catalog);
+        if let Some(catalog) = inner.catalog.clone() {
+            let lagging = !fetched
+                && inner.fetched
+                && revision_number(inner.version.as_ref()) > revision_number(version.as_ref());
+            if inner.version == version || lagging {
+                if inner.version == version && !fetched {
+                    // The cache caught up with the fresh read.
+                    inner.fetched = false;
+                }
+                return catalog;
+            }
         }
         let builtin = catalog::builtin();
         let (catalog, report) = match &config {
             None => (builtin, None),
             Some(cm) => match builtin.with_overrides(&cm.data.clone().unwrap_or_default()) {
-                Ok(catalog) => (catalog, None),
+                Ok(catalog) => (
+                    catalog.at_revision(version.as_deref().unwrap_or_default()),
+                    None,
+                ),
                 Err(err) => {
                     let first = version
                         .as_ref()
@@ -1137,6 +1245,7 @@ async fn current_catalog(ctx: &Context) -> Arc<Catalog> {
         let catalog = Arc::new(catalog);
         inner.catalog = Some(Arc::clone(&catalog));
         inner.version = version;
+        inner.fetched = fetched;
         (catalog, report)
     };
     let (catalog, report) = report;
@@ -1213,8 +1322,10 @@ async fn warn_on<K: Resource<DynamicType = ()>>(
 
 /// The runtime's report path for this controller: a failed reconcile (the API server
 /// refusing a step or a status write, after the retries the runtime schedules) is logged
-/// by the runtime and shown on the Operation as a Warning Event with the error's category
-/// as reason, once per category and resourceVersion of the Operation.
+/// by the runtime and put on the Operation by [`machine::plan_error`]: a fresh read, then
+/// `Reconciling=True` with the error's category as reason, published (Warning Event and
+/// audit event, once per entry into that category) and persisted like every other
+/// transition. The next reconcile that succeeds sets `Reconciling=False`.
 pub fn reporter(
     ctx: Arc<Context>,
 ) -> impl Fn(Arc<Operation>, vworkspace_runtime::ErrorReport) -> futures::future::BoxFuture<'static, ()>
@@ -1225,16 +1336,27 @@ pub fn reporter(
         Box::pin(async move {
             let uid = obj.metadata.uid.clone().unwrap_or_default();
             let span = tracing::info_span!("operation", operation_id = %uid);
-            warn_on(
-                &ctx,
-                obj.as_ref(),
-                report.category,
-                report.category,
-                &report.message,
-            )
-            .instrument(span)
-            .await;
+            report_error(&ctx, obj.as_ref(), report.category, &report.message)
+                .instrument(span)
+                .await;
         })
+    }
+}
+
+async fn report_error(ctx: &Context, cached: &Operation, category: &'static str, message: &str) {
+    let api: Api<Operation> =
+        Api::namespaced(ctx.client.clone(), &cached.namespace().unwrap_or_default());
+    let obj = match api.get_opt(&cached.name_any()).await {
+        Ok(Some(obj)) => obj,
+        Ok(None) => return,
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot read the Operation to report the error on it");
+            return;
+        }
+    };
+    let plan = machine::plan_error(&obj, category, message, &Time(Timestamp::now()));
+    if let Err(err) = persist(ctx, &api, &obj, &plan, None).await {
+        tracing::warn!(error = %err, "cannot report the error on the Operation");
     }
 }
 

@@ -33,6 +33,7 @@ pub const HOOK_PARAMETERS: &[&str] = &[
     "backoffLimit",
     "serviceAccountName",
     "env",
+    "podAnnotations",
 ];
 
 /// Checks the `version` parameter: an exact semver version.

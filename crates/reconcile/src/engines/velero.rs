@@ -19,7 +19,9 @@ use std::collections::BTreeMap;
 
 use vworkspace_api::conditions::operation::reasons;
 use vworkspace_api::operation::child_name;
-use vworkspace_api::thirdparty::velero::{self as v, Backup, BackupSpec, Restore, RestoreSpec};
+use vworkspace_api::thirdparty::velero::{
+    self as v, Backup, BackupSpec, PodVolumeBackup, Restore, RestoreSpec,
+};
 
 use super::{Child, Observation, Params, Stop, StopSupport, child_meta, human_bytes, outputs};
 use crate::operation::Identity;
@@ -178,6 +180,40 @@ fn running(phase: &str) -> bool {
             | v::phase::FINALIZING
             | v::phase::FINALIZING_PARTIALLY_FAILED
     )
+}
+
+/// Whether the controller should total the Backup's volume bytes ([`volume_bytes`]) before
+/// it plans: the Backup reached an end that reports them (Completed, PartiallyFailed).
+pub fn wants_volume_bytes(b: &Backup) -> bool {
+    let phase = b.status.as_ref().and_then(|s| s.phase.as_deref());
+    matches!(
+        phase,
+        Some(v::phase::COMPLETED | v::phase::PARTIALLY_FAILED)
+    )
+}
+
+/// The bytes of volume data Velero moved for a Backup: the sum of `status.progress.totalBytes`
+/// of its PodVolumeBackups (found by [`v::BACKUP_UID_LABEL`]). `None` when the Backup
+/// copied no pod volume (nothing to report, rather than "0 B"). A failed
+/// PodVolumeBackup counts the bytes it did move (`bytesDone`).
+pub fn volume_bytes(pvbs: &[PodVolumeBackup]) -> Option<u64> {
+    if pvbs.is_empty() {
+        return None;
+    }
+    let total = pvbs
+        .iter()
+        .map(|p| {
+            let status = p.status.clone().unwrap_or_default();
+            let progress = status.progress.unwrap_or_default();
+            let bytes = if status.phase.as_deref() == Some(v::phase::FAILED) {
+                progress.bytes_done
+            } else {
+                progress.total_bytes.or(progress.bytes_done)
+            };
+            u64::try_from(bytes.unwrap_or(0)).unwrap_or(0)
+        })
+        .fold(0u64, u64::saturating_add);
+    Some(total)
 }
 
 /// Reads a Backup. `volume_bytes` is the size of the volume data Velero moved for it, when
@@ -580,5 +616,41 @@ mod tests {
                 .unwrap(),
         ));
         assert!(bad_policy.unwrap_err().contains("existingResourcePolicy"));
+    }
+
+    #[test]
+    fn volume_bytes_sum_the_pod_volume_backups() {
+        let pvb = |phase: &str, total: i64, done: i64| -> PodVolumeBackup {
+            let mut p = PodVolumeBackup::new("x", Default::default());
+            p.status = Some(
+                serde_json::from_value(
+                    json!({"phase": phase, "progress": {"totalBytes": total, "bytesDone": done}}),
+                )
+                .unwrap(),
+            );
+            p
+        };
+        assert_eq!(volume_bytes(&[]), None);
+        assert_eq!(
+            volume_bytes(&[
+                pvb("Completed", 19_000_000_000, 19_000_000_000),
+                pvb("Completed", 756_849_562, 756_849_562),
+            ]),
+            Some(19_756_849_562)
+        );
+        assert_eq!(
+            human_bytes(volume_bytes(&[pvb("Completed", 19_756_849_562, 19_756_849_562)]).unwrap()),
+            "18.4 GiB"
+        );
+        // A failed one counts what it moved.
+        assert_eq!(
+            volume_bytes(&[pvb("Completed", 100, 100), pvb("Failed", 1000, 40)]),
+            Some(140)
+        );
+        let b = |phase: &str| backup_in(json!({"phase": phase}));
+        assert!(wants_volume_bytes(&b("Completed")));
+        assert!(wants_volume_bytes(&b("PartiallyFailed")));
+        assert!(!wants_volume_bytes(&b("InProgress")));
+        assert!(!wants_volume_bytes(&b("Failed")));
     }
 }

@@ -1288,13 +1288,13 @@ fn invalid_operations_fail_once() {
         let invalid = validate(&op, &crate::catalog::builtin()).unwrap_err();
         assert_eq!(invalid.reason(), reason);
         assert!(invalid.to_string().contains(fragment), "{invalid}");
-        let p = plan_invalid(&op, &invalid, &at(T0));
+        let p = plan_invalid(&op, &invalid, &crate::catalog::builtin(), &at(T0));
         assert_eq!(p.status.phase, Some(OperationPhase::Failed));
         assert_eq!(p.outcome, Some(Outcome::Failed));
         assert_eq!(p.transitions[0].kind, events::OPERATION_FAILED);
         let mut again = op.clone();
         again.status = Some(p.status);
-        let p = plan_invalid(&again, &invalid, &at(T0 + 1));
+        let p = plan_invalid(&again, &invalid, &crate::catalog::builtin(), &at(T0 + 1));
         assert_eq!((p.outcome, p.changed, p.step), (None, false, Step::Done));
     }
 }
@@ -1485,4 +1485,136 @@ fn a_volsync_deadline_after_a_failed_mover_says_so_and_deletes_the_source() {
         Some(reasons::VOLSYNC_SYNC_COMPLETED)
     );
     assert_eq!(ok.status.outputs["lastSyncDuration"], "42s");
+}
+
+#[test]
+fn a_failed_reconcile_sets_reconciling_with_its_category_until_one_succeeds() {
+    use vworkspace_api::conditions::errors;
+    let mut op = backup_op();
+    let mut d = Driver::new(&op);
+    d.step(&world(T0));
+    assert_eq!(d.phase(), OperationPhase::Accepted);
+    op.status = Some(d.status.clone());
+
+    // The create step fails: the report keeps the phase and announces the category once.
+    let report = plan_error(
+        &op,
+        errors::APPLY_FAILED,
+        "adding the finalizer: denied",
+        &at(T0 + 1),
+    );
+    assert!(report.changed);
+    assert_eq!(report.outcome, None);
+    assert_eq!(report.status.phase, Some(OperationPhase::Accepted));
+    let c = find_condition(&report.status.conditions, cond::RECONCILING).unwrap();
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("True", errors::APPLY_FAILED)
+    );
+    assert_eq!(c.message, "adding the finalizer: denied");
+    let kinds: Vec<&str> = report.transitions.iter().map(|t| t.kind.as_str()).collect();
+    assert_eq!(kinds, [errors::APPLY_FAILED]);
+    assert_eq!(report.transitions[0].event_type, EventType::Warning);
+    op.status = Some(report.status.clone());
+
+    // The retry fails the same way: nothing new to announce.
+    let again = plan_error(
+        &op,
+        errors::APPLY_FAILED,
+        "adding the finalizer: denied",
+        &at(T0 + 5),
+    );
+    assert!(again.transitions.is_empty(), "{:?}", again.transitions);
+    // Another category is a new Warning.
+    let other = plan_error(
+        &op,
+        errors::STATUS_WRITE_FAILED,
+        "writing the status",
+        &at(T0 + 6),
+    );
+    assert_eq!(other.transitions.len(), 1);
+    assert_eq!(other.transitions[0].kind, errors::STATUS_WRITE_FAILED);
+
+    // The next successful reconcile clears it and goes on as if nothing happened.
+    d.status = report.status;
+    let step = d.step(&world(T0 + 10));
+    assert!(matches!(step, Step::CreateChildren(_)), "{step:?}");
+    let c = find_condition(&d.status.conditions, cond::RECONCILING).unwrap();
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", reasons::RECONCILE_SUCCEEDED)
+    );
+    // Clearing announces nothing: the driver saw only the acceptance.
+    assert_eq!(d.kinds(), [events::OPERATION_ACCEPTED]);
+
+    // A terminal Operation with an error left on it is cleared too, and stays terminal.
+    let mut done = d.status.clone();
+    done.phase = Some(OperationPhase::Succeeded);
+    let mut term = op.clone();
+    term.status = Some(done.clone());
+    let failed = plan_error(&term, errors::READ_FAILED, "reading", &at(T0 + 20));
+    let cleared = plan(&valid(&term), &failed.status, &world(T0 + 21));
+    assert!(cleared.changed);
+    assert_eq!(cleared.step, Step::Done);
+    assert_eq!(cleared.outcome, None);
+    assert_eq!(cleared.status.phase, Some(OperationPhase::Succeeded));
+    let c = find_condition(&cleared.status.conditions, cond::RECONCILING).unwrap();
+    assert_eq!(c.status, "False");
+    // ... and an Operation without errors is not touched by that rule.
+    assert!(!plan(&valid(&term), &done, &world(T0 + 22)).changed);
+}
+
+#[test]
+fn the_catalog_revision_is_fixed_by_the_plan_that_hands_out_work() {
+    let catalog = |rv: &str, image: &str| {
+        crate::catalog::builtin()
+            .with_overrides(&[("runcommand.job".to_owned(), format!("image: {image}"))].into())
+            .unwrap()
+            .at_revision(rv)
+    };
+    assert_eq!(
+        crate::catalog::builtin().revision(),
+        crate::catalog::BUILTIN_REVISION
+    );
+    let mut op = job_op();
+    op.spec.parameters = Some(json!({"command": "true"}).as_object().cloned().unwrap());
+    let under = |c: &Catalog| validate(&op, c).unwrap();
+    // First look under revision 10: accepted, recorded.
+    let p = plan(
+        &under(&catalog("10", "a:1")),
+        &OperationStatus::default(),
+        &world(T0),
+    );
+    assert_eq!(p.status.phase, Some(OperationPhase::Accepted));
+    assert_eq!(p.status.catalog_revision.as_deref(), Some("10"));
+    // The catalog changed before the child was created: the plan that creates it
+    // records (and uses) the newer one.
+    let p = plan(&under(&catalog("12", "b:2")), &p.status, &world(T0 + 1));
+    let Step::CreateChildren(children) = &p.step else {
+        panic!("{:?}", p.step);
+    };
+    let Child::Job(job) = &children[0] else {
+        panic!("job");
+    };
+    let image = job
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .map(|s| s.containers[0].image.clone());
+    assert_eq!(image, Some(Some("b:2".to_owned())));
+    assert_eq!(p.status.catalog_revision.as_deref(), Some("12"));
+    // Once started, a later catalog changes the record no more.
+    let mut started = p.status.clone();
+    started.child_ref = started.child_ref.or_else(|| {
+        Some(ChildRef {
+            api_version: "batch/v1".into(),
+            kind: "Job".into(),
+            name: child_name(UID),
+            namespace: Some("org-a".into()),
+        })
+    });
+    let mut w = world(T0 + 2);
+    w.children.jobs = vec![job_child(json!({"active": 1}))];
+    let p = plan(&under(&catalog("15", "c:3")), &started, &w);
+    assert_eq!(p.status.catalog_revision.as_deref(), Some("12"));
 }

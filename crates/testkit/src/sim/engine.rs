@@ -377,6 +377,16 @@ pub(crate) struct Job {
 }
 
 impl Job {
+    /// The client the engine works with (to create the objects it makes for this one).
+    pub(crate) fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The engine's write counters (objects it makes count as writes too).
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
     /// Write `status` (merge patch) on this job's object.
     pub async fn write(&self, status: Value) -> Result<(), WriteError> {
         patch_status(

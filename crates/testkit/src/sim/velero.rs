@@ -17,11 +17,15 @@
 //!   `failureReason` (progress stops half way). Every end but `FailedValidation` sets
 //!   `completionTimestamp`; `warnings` is set when [`VeleroOptions::warnings`] is not 0.
 //!
-//! Size: Velero's Backup status carries no byte count (Velero reports bytes on its
-//! PodVolumeBackup and DataUpload objects, as `status.progress.totalBytes` and
-//! `bytesDone`). The simulator puts those two fields, with the same names, in the
-//! Backup's own `status.progress` ([`VeleroOptions::backup_size_bytes`]); an engine
-//! parser must treat them as optional, since a real Backup never has them.
+//! Size: like Velero, the Backup's status counts items, not bytes. Bytes are reported
+//! where Velero's node agent reports them, on one `PodVolumeBackup` per pod volume
+//! ([`VeleroOptions::pod_volumes`]) in the Backup's namespace: labelled
+//! `velero.io/backup-name` and `velero.io/backup-uid`, owned by the Backup, `status.phase`
+//! `Completed` and `status.progress.totalBytes` / `bytesDone`, together
+//! [`VeleroOptions::backup_size_bytes`]. They are written before the Backup leaves
+//! `InProgress` for a successful or partially failed end (as Velero waits for its pod
+//! volume backups before it finalizes); a failing Backup gets none. A cluster without the
+//! PodVolumeBackup CRD gets none either.
 //!
 //! [`VeleroSimulator::restart`] plays a Velero server restart: the running work stops,
 //! every Backup and Restore still `InProgress` is marked `Failed` with Velero's own
@@ -107,8 +111,10 @@ pub struct VeleroOptions {
     pub sim: SimOptions,
     /// `status.progress.totalItems` of every Backup and Restore.
     pub total_items: i64,
-    /// `status.progress.totalBytes` of a Backup (see the module documentation).
+    /// Bytes of all the PodVolumeBackups of a Backup (see the module documentation).
     pub backup_size_bytes: i64,
+    /// PodVolumeBackups per Backup (0: the Backup copies no pod volume).
+    pub pod_volumes: u32,
     /// `status.errors` of a PartiallyFailed Backup or Restore.
     pub partial_errors: i64,
     /// `status.warnings` at the end (left out when 0, as Velero does).
@@ -125,6 +131,7 @@ impl Default for VeleroOptions {
             sim: SimOptions::default(),
             total_items: 412,
             backup_size_bytes: 19_756_849_562, // 18.4 GiB
+            pod_volumes: 2,
             partial_errors: 2,
             warnings: 0,
             server_version: "v1.14.0".to_owned(),
@@ -138,6 +145,7 @@ impl Default for VeleroOptions {
 struct Sizes {
     total_items: i64,
     backup_size_bytes: i64,
+    pod_volumes: u32,
     partial_errors: i64,
     warnings: i64,
     steps: u32,
@@ -174,6 +182,7 @@ impl VeleroSimulator {
         let sizes = Sizes {
             total_items: options.total_items.max(0),
             backup_size_bytes: options.backup_size_bytes.max(0),
+            pod_volumes: options.pod_volumes,
             partial_errors: options.partial_errors.max(1),
             warnings: options.warnings.max(0),
             steps: options.steps.max(1),
@@ -422,6 +431,9 @@ async fn run(mut job: Job, kind: Kind, sizes: Sizes) -> Result<(), WriteError> {
             } else {
                 "FinalizingPartiallyFailed"
             };
+            if kind == Kind::Backup {
+                record_pod_volumes(&job, sizes).await?;
+            }
             let mut status = json!({
                 "phase": finalizing,
                 "progress": progress(kind, sizes, sizes.total_items),
@@ -467,12 +479,78 @@ fn end(job: &Job, kind: Kind, sizes: Sizes, outcome: Outcome) -> Value {
 }
 
 fn progress(kind: Kind, sizes: Sizes, done: i64) -> Value {
-    let mut progress = json!({ "totalItems": sizes.total_items, kind.done_field(): done });
-    if kind == Kind::Backup && sizes.total_items > 0 {
-        progress["totalBytes"] = json!(sizes.backup_size_bytes);
-        progress["bytesDone"] = json!(sizes.backup_size_bytes * done / sizes.total_items);
+    json!({ "totalItems": sizes.total_items, kind.done_field(): done })
+}
+
+/// `velero.io/v1` `PodVolumeBackup`.
+pub fn pod_volume_backup_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("velero.io", "v1", "PodVolumeBackup"),
+        "podvolumebackups",
+    )
+}
+
+/// The byte counts of the `n` pod volumes of a backup of `total` bytes (the last takes
+/// the remainder).
+fn volume_shares(total: i64, n: u32) -> Vec<i64> {
+    let n = i64::from(n);
+    (0..n)
+        .map(|i| {
+            let share = total / n;
+            if i == n - 1 {
+                total - share * (n - 1)
+            } else {
+                share
+            }
+        })
+        .collect()
+}
+
+/// Create the Backup's PodVolumeBackups, each `Completed` with its bytes (idempotent: a
+/// job run again after a restart finds them and writes their status again).
+async fn record_pod_volumes(job: &Job, sizes: Sizes) -> Result<(), WriteError> {
+    let resource = pod_volume_backup_resource();
+    let ns = job.obj.namespace().unwrap_or_default();
+    let backup = job.obj.name_any();
+    let uid = job.obj.uid().unwrap_or_default();
+    let api: Api<DynamicObject> = Api::namespaced_with(job.client().clone(), &ns, &resource);
+    for (i, bytes) in volume_shares(sizes.backup_size_bytes, sizes.pod_volumes)
+        .into_iter()
+        .enumerate()
+    {
+        let name = format!("{backup}-v{i}");
+        let obj: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "velero.io/v1",
+            "kind": "PodVolumeBackup",
+            "metadata": {
+                "name": name,
+                "namespace": ns,
+                "labels": { "velero.io/backup-name": backup, "velero.io/backup-uid": uid },
+                "ownerReferences": [{
+                    "apiVersion": "velero.io/v1", "kind": "Backup", "name": backup,
+                    "uid": uid, "controller": true
+                }],
+            },
+            "spec": { "volume": format!("data-{i}") },
+        }))
+        .map_err(|e| WriteError::Failed(kube::Error::SerdeError(e)))?;
+        job.shared().count_write();
+        match api.create(&kube::api::PostParams::default(), &obj).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            // No PodVolumeBackup CRD on this cluster: Velero would not back up pod
+            // volumes this way either.
+            Err(kube::Error::Api(s)) if s.code == 404 && i == 0 => return Ok(()),
+            Err(err) => return Err(WriteError::Failed(err)),
+        }
+        let status = json!({
+            "phase": "Completed",
+            "progress": { "totalBytes": bytes, "bytesDone": bytes },
+            "completionTimestamp": now_rfc3339(),
+        });
+        patch_status(job.client(), &resource, &ns, &name, status, job.shared()).await?;
     }
-    progress
+    Ok(())
 }
 
 #[cfg(test)]
@@ -494,21 +572,24 @@ mod tests {
     }
 
     #[test]
-    fn progress_counts_items_and_bytes_of_a_backup_only() {
+    fn progress_counts_items_only_and_volumes_share_the_bytes() {
         let sizes = Sizes {
             total_items: 10,
             backup_size_bytes: 1000,
+            pod_volumes: 3,
             partial_errors: 1,
             warnings: 0,
             steps: 2,
         };
         assert_eq!(
             progress(Kind::Backup, sizes, 5),
-            json!({ "totalItems": 10, "itemsBackedUp": 5, "totalBytes": 1000, "bytesDone": 500 })
+            json!({ "totalItems": 10, "itemsBackedUp": 5 })
         );
         assert_eq!(
             progress(Kind::Restore, sizes, 10),
             json!({ "totalItems": 10, "itemsRestored": 10 })
         );
+        assert_eq!(volume_shares(1000, 3), [333, 333, 334]);
+        assert_eq!(volume_shares(1000, 0), Vec::<i64>::new());
     }
 }
