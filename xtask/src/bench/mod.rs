@@ -80,7 +80,9 @@ pub const USAGE: &str = "\
                         --crds DIR      install the operator CRDs from DIR (those the
                                         --operator-bin was built with) [deploy/crds]
                         --commit REV    the commit the doc names for the run [HEAD]
-                        --no-doc        print the results only; leave the doc alone";
+                        --no-doc        print the results only; leave the doc alone
+  bench operations [FLAGS]
+                      the Operation scenario (`bench operations --help`)";
 
 /// Parameters of one run.
 #[derive(Debug, Clone, PartialEq)]

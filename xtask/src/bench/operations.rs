@@ -34,8 +34,8 @@ use vworkspace_testkit::sim::velero::{VeleroOptions, VeleroSimulator};
 
 use super::report::secs;
 use super::{
-    DOC, Machine, Options, build_operator, create_instances, create_namespaces, load_average,
-    scrape, wait_all_ready, wait_operator_ready,
+    DOC, Machine, Options, ReadyWatch, build_operator, create_instances, create_namespaces,
+    load_average, scrape, wait_all_ready, wait_operator_ready,
 };
 
 const USAGE: &str = "\
@@ -163,7 +163,7 @@ pub async fn run(args: &[&str]) -> Result<ExitCode> {
     );
     let results = OpResults {
         m: outcome?,
-        machine: Machine::read(&root, load_before),
+        machine: Machine::read(&root, load_before, None),
     };
     let text = results.markdown();
     println!("\n{text}");
@@ -263,9 +263,12 @@ async fn measure(
 
     // The instances first (what the ApplicationInstance benchmark does).
     let instance_opts = opts.instance_options();
+    let mut ready_watch = ReadyWatch::start(&client).await?;
     let t_instances = Instant::now();
     create_instances(&client, &namespaces, &instance_opts).await?;
-    let progress = wait_all_ready(&client, &mut operator, &instance_opts, t_instances).await?;
+    let progress =
+        wait_all_ready(&mut ready_watch, &mut operator, &instance_opts, t_instances).await?;
+    drop(ready_watch);
     let instances_ready = progress.all_ready;
     if instances_ready.is_none() {
         bail!(
