@@ -349,11 +349,51 @@ pub fn plan(current: Option<&ClusterStatus>, observed: &Observed, now: &Time) ->
         );
     }
     status.conditions = conditions;
+    finish(current, previous, status, observed.generation, now)
+}
 
+/// The status after a reconcile of the Cluster failed with an error of `category`
+/// (`vworkspace_api::conditions::errors`): the Cluster controller itself is not
+/// healthy, so `ControllersHealthy` becomes False with the category as its reason and
+/// the error chain as its message (announced once, as a Warning Event with that
+/// reason). Everything else keeps what was last written; the next successful
+/// reconcile recomputes the condition and so clears it.
+pub fn plan_error(
+    current: Option<&ClusterStatus>,
+    generation: Option<i64>,
+    category: &'static str,
+    message: &str,
+    now: &Time,
+) -> Plan {
+    let previous = current.cloned().unwrap_or_default();
+    let mut status = previous.clone();
+    set_condition(
+        &mut status.conditions,
+        new_condition(
+            c::CONTROLLERS_HEALTHY,
+            ConditionStatus::False,
+            category,
+            format!("the cluster controller cannot report: {message}"),
+            generation,
+            now,
+        ),
+        now,
+    );
+    finish(current, previous, status, generation, now)
+}
+
+/// Announce what changed from `previous` to `status` and record it.
+fn finish(
+    current: Option<&ClusterStatus>,
+    previous: ClusterStatus,
+    mut status: ClusterStatus,
+    generation: Option<i64>,
+    now: &Time,
+) -> Plan {
     let mut records = previous.transitions.clone();
     let transitions = transitions::announce(
         Resource::Cluster,
-        observed.generation.unwrap_or(0),
+        generation.unwrap_or(0),
         StatusView {
             observed_generation: previous.observed_generation,
             conditions: &previous.conditions,
@@ -636,5 +676,58 @@ mod tests {
             ("Unknown", "NotApplicable")
         );
         assert!(kinds(&p).is_empty());
+    }
+
+    #[test]
+    fn a_failed_reconcile_is_a_warning_once_and_clears_on_success() {
+        use vworkspace_api::conditions::errors;
+        let ok = plan(None, &observed(None), &at(0));
+        let failed = plan_error(
+            Some(&ok.status),
+            Some(1),
+            errors::READ_FAILED,
+            "reading CustomResourceDefinitions: forbidden (403 Forbidden)",
+            &at(1),
+        );
+        assert_eq!(
+            cond(&failed.status, c::CONTROLLERS_HEALTHY),
+            ("False", "ReadFailed")
+        );
+        let message = &find_condition(&failed.status.conditions, c::CONTROLLERS_HEALTHY)
+            .unwrap()
+            .message;
+        assert!(message.contains("403 Forbidden"), "{message}");
+        assert_eq!(kinds(&failed), ["ReadFailed"]);
+        assert!(failed.changed);
+        // Everything else is as it was.
+        for t in [c::CONNECTED, c::CRDS_REGISTERED, c::EVENT_BUFFER_OVERFLOW] {
+            assert_eq!(cond(&failed.status, t), cond(&ok.status, t), "{t}");
+        }
+        // A retry failing the same way announces nothing more.
+        let again = plan_error(
+            Some(&failed.status),
+            Some(1),
+            errors::READ_FAILED,
+            "reading CustomResourceDefinitions: forbidden (403 Forbidden)",
+            &at(2),
+        );
+        assert!(kinds(&again).is_empty());
+        assert!(!again.changed);
+        // Another category is announced as its own Warning.
+        let write = plan_error(
+            Some(&again.status),
+            Some(1),
+            errors::STATUS_WRITE_FAILED,
+            "writing the status: denied",
+            &at(3),
+        );
+        assert_eq!(kinds(&write), ["StatusWriteFailed"]);
+        // The next successful reconcile clears it, announced as a recovery.
+        let back = plan(Some(&write.status), &observed(None), &at(4));
+        assert_eq!(
+            cond(&back.status, c::CONTROLLERS_HEALTHY),
+            ("True", "AllControllersReady")
+        );
+        assert_eq!(kinds(&back), ["AllControllersReady"]);
     }
 }
