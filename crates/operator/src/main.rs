@@ -428,6 +428,12 @@ async fn run(opts: Options) -> Result<ExitCode> {
             // Until the Cluster exists there is nothing to report on.
             move |_: &Namespace| clusters.get(&key).map(|_| key.clone())
         })
+        // The catalog ConfigMap: its parse result is the OperationCatalogValid condition.
+        .watches_shared(&catalog_config, {
+            let key = cluster_key.clone();
+            let clusters = clusters.clone();
+            move |_: &k8s_openapi::api::core::v1::ConfigMap| clusters.get(&key).map(|_| key.clone())
+        })
         .triggered_by(controllers::cluster::triggers(
             clusters.clone(),
             cluster_key.clone(),
@@ -460,6 +466,7 @@ async fn run(opts: Options) -> Result<ExitCode> {
         resync: opts.cluster_resync.as_duration(),
         written: cluster_written,
         metrics: cluster_metrics,
+        catalog_config: catalog_config.store(),
     });
     // A failed reconcile is reported on the Cluster itself.
     let cluster_controller =

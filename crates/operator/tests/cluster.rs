@@ -64,7 +64,7 @@ async fn cluster_status_reports_namespaces_controllers_crds_and_versions() -> Re
     let cluster = poll_until(LIMIT, "a Cluster status with every condition", || async {
         let c = api.get(CLUSTER_ID).await.ok()?;
         let s = c.status.as_ref()?;
-        (s.conditions.len() == 6
+        (s.conditions.len() == 7
             && condition(&c, "ControllersHealthy")
                 == Some(("True".into(), "AllControllersReady".into()))
             && condition(&c, "CRDsRegistered") == Some(("True".into(), "SchemaMatches".into()))

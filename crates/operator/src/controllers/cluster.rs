@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use futures::{FutureExt as _, StreamExt};
+use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -35,7 +36,10 @@ use vworkspace_api::cluster::{Cluster, ManagedNamespace};
 use vworkspace_api::conditions::errors;
 use vworkspace_api::labels::{ALLOWED_OPERATION_TEMPLATES, FIELD_MANAGER_OPERATOR};
 use vworkspace_api::thirdparty::velero::ServerStatusRequest;
-use vworkspace_reconcile::cluster::{self as plan, AuditView, CrdCheck, LinkView, Observed};
+use vworkspace_reconcile::catalog;
+use vworkspace_reconcile::cluster::{
+    self as plan, AuditView, CatalogView, CrdCheck, LinkView, Observed,
+};
 use vworkspace_runtime::report::error_chain;
 use vworkspace_runtime::{Action, ErrorCategory, ErrorReport, Event, Readiness};
 use vworkspace_telemetry::metrics::ClusterMetrics;
@@ -77,6 +81,8 @@ pub struct Context {
     pub written: Arc<Mutex<Option<String>>>,
     /// `vworkspace_operator_managed_namespaces`.
     pub metrics: ClusterMetrics,
+    /// The catalog ConfigMap's cache (shared with the Operation controller).
+    pub catalog_config: Store<ConfigMap>,
 }
 
 /// Cached discovery: the CRD comparison and the engine versions.
@@ -316,6 +322,7 @@ pub async fn reconcile(event: Event<Cluster>, ctx: Arc<Context>) -> Result<Actio
         unhealthy_controllers: unhealthy(&ctx.readiness),
         crds: found.crds,
         audit: ctx.audit.borrow().clone(),
+        catalog: catalog_view(&ctx.catalog_config),
     };
     ctx.metrics
         .set_managed_namespaces(observed.managed_namespaces.len());
@@ -398,6 +405,23 @@ pub fn reporter(
             }
         }
         .boxed()
+    }
+}
+
+/// What the catalog ConfigMap makes of the catalog, by the same function the Operation
+/// controller builds its catalog with (`Catalog::with_overrides`), on the same cache:
+/// the two cannot disagree on whether it parses.
+fn catalog_view(configs: &Store<ConfigMap>) -> CatalogView {
+    let Some(cm) = configs
+        .state()
+        .into_iter()
+        .find(|cm| cm.metadata.name.as_deref() == Some(catalog::CONFIGMAP_NAME))
+    else {
+        return CatalogView::Builtin;
+    };
+    match catalog::builtin().with_overrides(&cm.data.clone().unwrap_or_default()) {
+        Ok(_) => CatalogView::Overridden(cm.name_any()),
+        Err(err) => CatalogView::Invalid(cm.name_any(), err.to_string()),
     }
 }
 
