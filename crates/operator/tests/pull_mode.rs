@@ -12,6 +12,8 @@
 //!   Retry-After, and a 413 splits the batch with every event still stored once;
 //! * SIGKILL with undelivered events: the restarted operator replays them from status;
 //! * a wrong token: Authenticated=False and `/readyz` names `controlplane`;
+//! * a missing token Secret: Authenticated=False/CredentialMissing with a Warning Event
+//!   on the Cluster; once the Secret exists the link starts and it recovers;
 //! * the bootstrap token never appears in logs, Events, metrics or audit payloads.
 
 use std::collections::BTreeSet;
@@ -795,5 +797,76 @@ async fn a_413_splits_the_batch_and_every_event_arrives_once() -> Result<()> {
         "the store and the timeline agree"
     );
     op.ensure_running()?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_token_secret_is_reported_on_the_cluster_until_it_exists() -> Result<()> {
+    let env = TestEnv::shared().await?;
+    install_crds(&env).await?;
+    let ns = env.fresh_namespace("pull-secret").await?;
+    let dir = std::env::temp_dir().join(format!("vws-pull-{ns}"));
+    let mut cp = ControlPlane::start(&dir).await?;
+    create_pull_cluster(&env, &ns, &cp.url(), &cp.token, 1000).await?;
+    let secrets: Api<Secret> = Api::namespaced(env.client.clone(), &ns);
+    let secret = secrets.get("controlplane-token").await?;
+    secrets
+        .delete("controlplane-token", &kube::api::DeleteParams::default())
+        .await?;
+    let mut op = spawn_operator(
+        &env,
+        &ns,
+        &format!("op-{}", unique_suffix()),
+        &operator_flags(),
+    )?;
+    let clusters: Api<Cluster> = Api::namespaced(env.client.clone(), &ns);
+    let c = wait_condition(&clusters, "Authenticated", "False", "CredentialMissing").await?;
+    let message = c
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|x| x.type_ == "Authenticated"))
+        .map(|x| x.message.clone())
+        .unwrap_or_default();
+    ensure!(
+        message.contains("controlplane-token") && message.contains("does not exist"),
+        "names the Secret: {message}"
+    );
+    let events: Api<Event> = Api::namespaced(env.client.clone(), &ns);
+    let warning = |reason: &'static str, type_: &'static str| {
+        let events = events.clone();
+        async move {
+            poll_until(
+                LIMIT,
+                &format!("a {type_} Event {reason} on the Cluster"),
+                || async {
+                    events
+                        .list(
+                            &ListParams::default().fields(&format!("regarding.name={CLUSTER_ID}")),
+                        )
+                        .await
+                        .ok()?
+                        .items
+                        .into_iter()
+                        .find(|e| {
+                            e.reason.as_deref() == Some(reason) && e.type_.as_deref() == Some(type_)
+                        })
+                },
+            )
+            .await
+        }
+    };
+    warning("CredentialMissing", "Warning").await?;
+
+    // The Secret is back: the link starts and the credential is accepted.
+    let mut again = secret.clone();
+    again.metadata = kube::api::ObjectMeta {
+        name: secret.metadata.name.clone(),
+        ..Default::default()
+    };
+    secrets.create(&PostParams::default(), &again).await?;
+    wait_condition(&clusters, "Authenticated", "True", "CredentialValid").await?;
+    warning("CredentialValid", "Normal").await?;
+    op.ensure_running()?;
+    cp.stop().await;
     Ok(())
 }
