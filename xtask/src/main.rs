@@ -8,6 +8,7 @@
 //! * `bench [FLAGS]`        measure the ApplicationInstance controller, update docs/benchmarks.md
 
 mod bench;
+mod bench_link;
 mod demo;
 
 use std::path::{Path, PathBuf};
@@ -33,7 +34,8 @@ commands:
   demo                start the cluster, simulated Flux and the operator, create sample
                       applications and print the panes (Ctrl-C stops everything)
   bench [FLAGS]       measure the ApplicationInstance controller on a fresh local cluster
-                      and write the numbers to docs/benchmarks.md (`bench --help` for flags)";
+                      and write the numbers to docs/benchmarks.md (`bench --help` for flags)
+  bench-link [FLAGS]  Pull-mode audit latency, status transition to SQLite row (prints only)";
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -76,6 +78,7 @@ async fn run(args: &[String]) -> Result<ExitCode> {
         ["cluster", "status"] => return cluster_status().await,
         ["test", rest @ ..] => return test(rest).await,
         ["bench", rest @ ..] => return bench::run(rest).await,
+        ["bench-link", rest @ ..] => return bench_link::run(rest).await,
         ["demo"] => demo::run().await?,
         ["help"] | ["--help"] | ["-h"] | [] => println!("{USAGE}"),
         _ => bail!("unknown command {:?}\n\n{USAGE}", args.join(" ")),

@@ -52,6 +52,10 @@ pub struct Config {
     pub long_poll_max: Duration,
     /// Guards `/admin/*` and the timeline; without it only loopback clients get them.
     pub admin_token: Option<String>,
+    /// Fault switches in place from the first request on (as if set through
+    /// `POST /admin/faults` before anyone connected): a test that restarts the server
+    /// can have the first answer after the restart be a fault, with no race.
+    pub faults: Vec<FaultSpec>,
 }
 
 impl Config {
@@ -64,6 +68,7 @@ impl Config {
             rate_limit_per_second: None,
             long_poll_max: DEFAULT_LONG_POLL_MAX,
             admin_token: None,
+            faults: Vec::new(),
         }
     }
 }
@@ -80,6 +85,7 @@ impl std::fmt::Debug for Config {
                 "admin_token",
                 &self.admin_token.as_ref().map(|_| "<redacted>"),
             )
+            .field("faults", &self.faults)
             .finish()
     }
 }

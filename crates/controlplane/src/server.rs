@@ -71,12 +71,16 @@ pub(crate) struct AppState {
 
 impl AppState {
     pub(crate) fn new(config: &Config, store: Store) -> Self {
+        let faults = Faults::default();
+        for spec in &config.faults {
+            faults.add(spec.clone());
+        }
         Self {
             store: Arc::new(Mutex::new(store)),
             max_body_bytes: config.max_body_bytes,
             long_poll_max: config.long_poll_max,
             admin_digest: config.admin_token.as_deref().map(token::hash),
-            faults: Faults::default(),
+            faults,
             limiter: RateLimiter::new(config.rate_limit_per_second),
             tokens: Mutex::new(HashMap::new()),
         }

@@ -241,20 +241,30 @@ const REQUIRED: [&str; 3] = [
     "clusters.vworkspace.io",
 ];
 
-/// How the served CRDs compare with this binary's (the `crds` check and the Cluster's
-/// `CRDsRegistered` condition).
+/// Every CRD this binary defines: the Cluster's `CRDsRegistered` compares them all.
+const ALL: [&str; 4] = [
+    "applicationinstances.vworkspace.io",
+    "operations.vworkspace.io",
+    "clusters.vworkspace.io",
+    "auditbatches.vworkspace.io",
+];
+
+/// How every served CRD of the operator compares with this binary's (the Cluster's
+/// `CRDsRegistered` condition; the `crds` check looks at the required ones only).
+/// A mismatch names the CRD and where its schema first differs.
 pub async fn crd_check(client: Client) -> Result<CrdCheck, kube::Error> {
-    compare_crds(client, &vworkspace_api::crds::operator_crds()).await
+    compare_crds(client, &vworkspace_api::crds::operator_crds(), &ALL).await
 }
 
 async fn compare_crds(
     client: Client,
     expected: &[CustomResourceDefinition],
+    names: &[&str],
 ) -> Result<CrdCheck, kube::Error> {
     let api: Api<CustomResourceDefinition> = Api::all(client);
     let mut missing = Vec::new();
     let mut mismatch = Vec::new();
-    for name in REQUIRED {
+    for &name in names {
         let Some(live) = api.get_opt(name).await? else {
             missing.push(name.to_owned());
             continue;
@@ -277,8 +287,15 @@ async fn compare_crds(
         else {
             continue;
         };
-        if schema_of(&live) != schema_of(want) {
-            mismatch.push(name.to_owned());
+        let (served, compiled) = (schema_of(&live), schema_of(want));
+        if served != compiled {
+            let at = match (&served, &compiled) {
+                (Some(served), Some(compiled)) => first_difference(served, compiled, "")
+                    .map(|d| format!(" ({d})"))
+                    .unwrap_or_default(),
+                _ => " (no served storage version with a schema)".to_owned(),
+            };
+            mismatch.push(format!("{name}{at}"));
         }
     }
     Ok(if !missing.is_empty() {
@@ -288,6 +305,52 @@ async fn compare_crds(
     } else {
         CrdCheck::Matches
     })
+}
+
+/// Where `served` first differs from `compiled`, as a path into the schema
+/// (`properties.spec.properties.x: served only`), keys in order.
+fn first_difference(
+    served: &serde_json::Value,
+    compiled: &serde_json::Value,
+    path: &str,
+) -> Option<String> {
+    use serde_json::Value;
+    let at = |p: &str| {
+        if p.is_empty() {
+            "the root".to_owned()
+        } else {
+            p.to_owned()
+        }
+    };
+    match (served, compiled) {
+        (Value::Object(s), Value::Object(c)) => {
+            let mut keys: Vec<&String> = s.keys().chain(c.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            for key in keys {
+                let inner = if path.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{path}.{key}")
+                };
+                match (s.get(key), c.get(key)) {
+                    (Some(_), None) => return Some(format!("{inner}: served only")),
+                    (None, Some(_)) => {
+                        return Some(format!("{inner}: missing from the served schema"));
+                    }
+                    (Some(a), Some(b)) => {
+                        if let Some(d) = first_difference(a, b, &inner) {
+                            return Some(d);
+                        }
+                    }
+                    (None, None) => {}
+                }
+            }
+            None
+        }
+        (a, b) if a == b => None,
+        _ => Some(format!("{}: differs", at(path))),
+    }
 }
 
 fn schema_of(crd: &CustomResourceDefinition) -> Option<serde_json::Value> {
@@ -405,4 +468,44 @@ async fn check_rbac(client: Client) -> Rbac {
     } else {
         Err(format!("missing permissions: {}", denied.join(", ")))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{ALL, REQUIRED, first_difference};
+    use serde_json::json;
+
+    #[test]
+    fn the_cluster_compares_every_crd_of_the_binary() {
+        let mut compiled: Vec<String> = vworkspace_api::crds::operator_crds()
+            .into_iter()
+            .filter_map(|c| c.metadata.name)
+            .collect();
+        compiled.sort();
+        let mut all: Vec<String> = ALL.iter().map(|s| (*s).to_owned()).collect();
+        all.sort();
+        assert_eq!(all, compiled);
+        assert!(REQUIRED.iter().all(|r| ALL.contains(r)));
+    }
+
+    #[test]
+    fn a_drift_is_named_by_its_path() {
+        let compiled = json!({ "type": "object", "properties": { "spec": { "type": "object" } } });
+        let extra = json!({ "type": "object", "properties": {
+            "spec": { "type": "object" }, "drift": { "type": "string" } } });
+        assert_eq!(
+            first_difference(&extra, &compiled, "").as_deref(),
+            Some("properties.drift: served only")
+        );
+        assert_eq!(
+            first_difference(&compiled, &extra, "").as_deref(),
+            Some("properties.drift: missing from the served schema")
+        );
+        let typed = json!({ "type": "object", "properties": { "spec": { "type": "string" } } });
+        assert_eq!(
+            first_difference(&typed, &compiled, "").as_deref(),
+            Some("properties.spec.type: differs")
+        );
+        assert_eq!(first_difference(&compiled, &compiled, ""), None);
+    }
 }

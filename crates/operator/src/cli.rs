@@ -47,10 +47,12 @@ pub struct Options {
     pub zap_log_level: LogLevel,
     /// `--zap-encoder`.
     pub zap_encoder: LogEncoder,
-    /// `--cluster-id` (Cluster.metadata.name).
-    pub cluster_id: String,
-    /// `--org-id`.
-    pub org_id: String,
+    /// `--cluster-id`: an explicit override of the Cluster CR's name, which it must
+    /// agree with. `None`: taken from the one Cluster in `--namespace`.
+    pub cluster_id: Option<String>,
+    /// `--org-id`: an explicit override of the Cluster CR's `spec.orgId`, which it must
+    /// agree with. `None`: taken from the Cluster.
+    pub org_id: Option<String>,
     /// `--max-concurrent-reconciles` per controller.
     pub max_concurrent_reconciles: NonZeroUsize,
     /// `--audit-log-file`: also append audit events to this file as JSON lines.
@@ -90,8 +92,8 @@ impl Default for Options {
             namespace: env("POD_NAMESPACE").unwrap_or_else(|| "vworkspace-system".into()),
             zap_log_level: LogLevel::Info,
             zap_encoder: LogEncoder::Json,
-            cluster_id: env("VWORKSPACE_CLUSTER_ID").unwrap_or_else(|| "local".into()),
-            org_id: env("VWORKSPACE_ORG_ID").unwrap_or_else(|| "unknown".into()),
+            cluster_id: env("VWORKSPACE_CLUSTER_ID"),
+            org_id: env("VWORKSPACE_ORG_ID"),
             max_concurrent_reconciles: NonZeroUsize::MIN.saturating_add(3),
             audit_log_file: None,
             kubeconfig: None,
@@ -121,8 +123,10 @@ flags of run (defaults in brackets):
   --namespace NS                    the operator's namespace [$POD_NAMESPACE or vworkspace-system]
   --zap-log-level LEVEL             debug|info|warn|error [info]; RUST_LOG refines it
   --zap-encoder ENC                 json|console [json]
-  --cluster-id ID                   this cluster's id [$VWORKSPACE_CLUSTER_ID or local]
-  --org-id ID                       the owning organization [$VWORKSPACE_ORG_ID or unknown]
+  --cluster-id ID                   override: must equal the Cluster's name [$VWORKSPACE_CLUSTER_ID or
+                                    the name of the one Cluster in --namespace]
+  --org-id ID                       override: must equal the Cluster's spec.orgId [$VWORKSPACE_ORG_ID
+                                    or the Cluster's spec.orgId]
   --max-concurrent-reconciles N     workers per controller [4]
   --audit-log-file PATH             also append audit events to PATH as JSON lines
   --kubeconfig PATH                 kubeconfig to use [in-cluster, else $KUBECONFIG]
@@ -177,8 +181,8 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             "--namespace" => o.namespace = value(flag, inline, &mut args)?,
             "--zap-log-level" => o.zap_log_level = typed(flag, inline, &mut args)?,
             "--zap-encoder" => o.zap_encoder = typed(flag, inline, &mut args)?,
-            "--cluster-id" => o.cluster_id = value(flag, inline, &mut args)?,
-            "--org-id" => o.org_id = value(flag, inline, &mut args)?,
+            "--cluster-id" => o.cluster_id = Some(value(flag, inline, &mut args)?),
+            "--org-id" => o.org_id = Some(value(flag, inline, &mut args)?),
             "--max-concurrent-reconciles" => {
                 let v = value(flag, inline, &mut args)?;
                 o.max_concurrent_reconciles = v.parse().map_err(|_| {

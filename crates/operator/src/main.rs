@@ -4,12 +4,15 @@
 //!
 //! Start-up order matters for what a person sees: logging first (every later line is
 //! JSON with the always-set fields), then the metrics and probe servers (so `/metrics`
-//! answers and `/readyz` explains itself while everything else starts), then leader
-//! election, and only on the leader the controllers.
+//! answers and `/readyz` explains itself while everything else starts), then the
+//! identity (`cluster_id`, `org_id`) from the Cluster CR — waited for, with `/readyz`
+//! naming why, unless both flags give it — then leader election, and only on the
+//! leader the controllers.
 
 mod checks;
 mod cli;
 mod controllers;
+mod identity;
 mod leader;
 mod link;
 mod publisher;
@@ -101,11 +104,16 @@ fn main() -> ExitCode {
 }
 
 async fn run(opts: Options) -> Result<ExitCode> {
-    logging::init(LogOptions {
-        level: opts.zap_log_level,
-        encoder: opts.zap_encoder,
+    let overrides = identity::Overrides {
         cluster_id: opts.cluster_id.clone(),
         org_id: opts.org_id.clone(),
+    };
+    // Until the Cluster is read, lines carry the explicit flags, or empty ids.
+    let log_identity = logging::init(LogOptions {
+        level: opts.zap_log_level,
+        encoder: opts.zap_encoder,
+        cluster_id: opts.cluster_id.clone().unwrap_or_default(),
+        org_id: opts.org_id.clone().unwrap_or_default(),
         operator_version: operator_version(),
         filter: None,
     })?;
@@ -149,6 +157,92 @@ async fn run(opts: Options) -> Result<ExitCode> {
         .with_layer(&layer)
         .build();
 
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let shutdown = move || {
+        let mut rx = shutdown_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+    let (leading_tx, leading_rx) = watch::channel(!opts.leader_elect);
+    leader_metrics.set_leader(!opts.leader_elect);
+
+    // The probes answer from here on; controllers join `readiness` as they are built.
+    let readiness = Readiness::new();
+    let clusters_seen =
+        identity::Clusters::watch(client.clone(), &opts.namespace, overrides.clone());
+    let health = Health::new();
+    checks::register(
+        &health,
+        client.clone(),
+        readiness.clone(),
+        leading_rx.clone(),
+        rest.forbidden(),
+    );
+    // Only the leader runs the link; until it reports, and on a standby, the check passes.
+    let controlplane_check = vworkspace_telemetry::health::CheckHandle::new();
+    controlplane_check.set_ok();
+    health.add_readiness_handle(
+        vworkspace_agent::link::READINESS_CHECK,
+        controlplane_check.clone(),
+    );
+    health.add_readiness_check("cluster", {
+        let clusters = clusters_seen.clone();
+        // Every replica: a standby needs the identity as much as the leader does.
+        move || {
+            let verdict = clusters.readiness();
+            async move { verdict }
+        }
+    });
+    let registry = Arc::new(registry);
+    let metrics_server = tokio::spawn({
+        let stop = shutdown();
+        async move {
+            match metrics_listener {
+                Some(listener) => serve_metrics_on(listener, registry, stop).await,
+                None => Ok(()),
+            }
+        }
+    });
+    let probe_server = tokio::spawn({
+        let serve = probe_listener.map(|listener| health.serve_on(listener, shutdown()));
+        async move {
+            match serve {
+                Some(serve) => serve.await,
+                None => Ok(()),
+            }
+        }
+    });
+
+    let identity = match overrides.explicit() {
+        Some(explicit) => {
+            clusters_seen.run_as(explicit.clone());
+            tracing::info!(
+                cluster_id = %explicit.cluster_id,
+                org_id = %explicit.org_id,
+                "identity from --cluster-id and --org-id; the Cluster must agree (readiness `cluster`)"
+            );
+            explicit
+        }
+        None => {
+            tokio::select! {
+                found = clusters_seen.wait_for_identity() => found,
+                _ = terminate_signal() => {
+                    shutdown_tx.send_replace(true);
+                    let _ = tokio::join!(metrics_server, probe_server);
+                    return Ok(ExitCode::SUCCESS);
+                }
+            }
+        }
+    };
+    log_identity.set(&identity.cluster_id, &identity.org_id);
+    if overrides.explicit().is_none() {
+        tracing::info!(
+            cluster = %format!("{}/{}", opts.namespace, identity.cluster_id),
+            "identity taken from the Cluster"
+        );
+    }
+
     let mut sinks: Vec<Arc<dyn AuditSink>> = Vec::new();
     if let Some(path) = &opts.audit_log_file {
         sinks.push(Arc::new(
@@ -167,8 +261,8 @@ async fn run(opts: Options) -> Result<ExitCode> {
     let publisher = Publisher::new(
         client.clone(),
         AuditSource {
-            cluster_id: opts.cluster_id.clone(),
-            org_id: opts.org_id.clone(),
+            cluster_id: identity.cluster_id.clone(),
+            org_id: identity.org_id.clone(),
             operator_version: operator_version(),
         },
         opts.identity.clone(),
@@ -340,14 +434,13 @@ async fn run(opts: Options) -> Result<ExitCode> {
             .on_reconcile(spec_metrics(&reconcile_metrics, ControllerLabel::Operation))
     };
     // --- Operation controller (end) ---
-    let readiness = Readiness::new();
     readiness.add(ai_controller.status());
     let instance_store = ai_controller.store();
     let link_readiness = readiness.clone();
 
     // The Cluster controller: the one writer of Cluster status. It reports what the
     // other controllers, the namespaces, discovery and (in Pull mode) the link show.
-    let cluster_key = ObjectRef::<Cluster>::new(&opts.cluster_id).within(&opts.namespace);
+    let cluster_key = ObjectRef::<Cluster>::new(&identity.cluster_id).within(&opts.namespace);
     let (link_tx, link_rx) = watch::channel(None);
     let (audit_tx, audit_rx) = watch::channel(AuditView::default());
     let cluster_written = Arc::new(std::sync::Mutex::new(None));
@@ -365,6 +458,12 @@ async fn run(opts: Options) -> Result<ExitCode> {
             let clusters = clusters.clone();
             // Until the Cluster exists there is nothing to report on.
             move |_: &Namespace| clusters.get(&key).map(|_| key.clone())
+        })
+        // The catalog ConfigMap: its parse result is the OperationCatalogValid condition.
+        .watches_shared(&catalog_config, {
+            let key = cluster_key.clone();
+            let clusters = clusters.clone();
+            move |_: &k8s_openapi::api::core::v1::ConfigMap| clusters.get(&key).map(|_| key.clone())
         })
         .triggered_by(controllers::cluster::triggers(
             clusters.clone(),
@@ -398,15 +497,12 @@ async fn run(opts: Options) -> Result<ExitCode> {
         resync: opts.cluster_resync.as_duration(),
         written: cluster_written,
         metrics: cluster_metrics,
+        catalog_config: catalog_config.store(),
     });
+    // A failed reconcile is reported on the Cluster itself.
+    let cluster_controller =
+        cluster_controller.report_errors(controllers::cluster::reporter(Arc::clone(&cluster_ctx)));
 
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let shutdown = move || {
-        let mut rx = shutdown_rx.clone();
-        async move {
-            let _ = rx.wait_for(|stop| *stop).await;
-        }
-    };
     // Leadership lost: the controllers stop at once, cutting in-flight reconciles off.
     let (abort_tx, mut abort_rx) = watch::channel(false);
     let abort = async move {
@@ -415,60 +511,6 @@ async fn run(opts: Options) -> Result<ExitCode> {
             std::future::pending::<()>().await;
         }
     };
-
-    let (leading_tx, leading_rx) = watch::channel(!opts.leader_elect);
-    leader_metrics.set_leader(!opts.leader_elect);
-
-    let health = Health::new();
-    checks::register(
-        &health,
-        client.clone(),
-        readiness,
-        leading_rx.clone(),
-        rest.forbidden(),
-    );
-    // Only the leader runs the link; until it reports, and on a standby, the check passes.
-    let controlplane_check = vworkspace_telemetry::health::CheckHandle::new();
-    controlplane_check.set_ok();
-    health.add_readiness_handle(
-        vworkspace_agent::link::READINESS_CHECK,
-        controlplane_check.clone(),
-    );
-    health.add_readiness_check("cluster", {
-        let key = cluster_key.clone();
-        let org_id = opts.org_id.clone();
-        let leading = leading_rx.clone();
-        // Only the leader runs the Cluster controller and so has its cache; a standby
-        // is ready (healthy and waiting), as with `informers`.
-        move || {
-            let verdict = if *leading.borrow() {
-                controllers::cluster::check_identity(&clusters, &key, &org_id)
-            } else {
-                Ok(())
-            };
-            async move { verdict }
-        }
-    });
-
-    let registry = Arc::new(registry);
-    let metrics_server = tokio::spawn({
-        let stop = shutdown();
-        async move {
-            match metrics_listener {
-                Some(listener) => serve_metrics_on(listener, registry, stop).await,
-                None => Ok(()),
-            }
-        }
-    });
-    let probe_server = tokio::spawn({
-        let serve = probe_listener.map(|listener| health.serve_on(listener, shutdown()));
-        async move {
-            match serve {
-                Some(serve) => serve.await,
-                None => Ok(()),
-            }
-        }
-    });
 
     let elector = opts.leader_elect.then(|| {
         leader::Elector::new(
@@ -538,8 +580,8 @@ async fn run(opts: Options) -> Result<ExitCode> {
             clusters: cluster_store,
             key: cluster_key.clone(),
             source: AuditSource {
-                cluster_id: opts.cluster_id.clone(),
-                org_id: opts.org_id.clone(),
+                cluster_id: identity.cluster_id.clone(),
+                org_id: identity.org_id.clone(),
                 operator_version: operator_version(),
             },
             shipper: shipper.clone(),

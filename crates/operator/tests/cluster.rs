@@ -1,10 +1,11 @@
-//! The Cluster controller of the built binary: the status it writes, the readiness
-//! sub-check `cluster` (exactly one Cluster, agreeing with the flags), and the
-//! Events of its transitions.
+//! The Cluster controller of the built binary: the status it writes, the identity
+//! taken from the Cluster, the readiness sub-check `cluster` (exactly one Cluster,
+//! agreeing with the flags), and the Events of its transitions.
 
+use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{Result, ensure};
+use anyhow::{Context as _, Result, ensure};
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -16,7 +17,8 @@ use vworkspace_testkit::sim::velero::VeleroSimulator;
 
 mod common;
 
-use common::{CLUSTER_ID, create_cluster, install_crds, spawn_operator};
+use common::{CLUSTER_ID, OPERATOR, create_cluster, install_crds, spawn_operator};
+use vworkspace_testkit::fixtures::OperatorProcess;
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -62,9 +64,10 @@ async fn cluster_status_reports_namespaces_controllers_crds_and_versions() -> Re
     let cluster = poll_until(LIMIT, "a Cluster status with every condition", || async {
         let c = api.get(CLUSTER_ID).await.ok()?;
         let s = c.status.as_ref()?;
-        (s.conditions.len() == 6
+        (s.conditions.len() == 7
             && condition(&c, "ControllersHealthy")
                 == Some(("True".into(), "AllControllersReady".into()))
+            && condition(&c, "CRDsRegistered") == Some(("True".into(), "SchemaMatches".into()))
             && s.managed_namespaces.iter().any(|n| n.name == other))
         .then_some(c)
     })
@@ -242,6 +245,188 @@ async fn readiness_needs_exactly_one_agreeing_cluster() -> Result<()> {
             .iter()
             .any(|e| e.regarding.as_ref().and_then(|r| r.kind.as_deref()) == Some("Cluster")),
         "no Event for a healthy first report"
+    );
+    op.ensure_running()?;
+    Ok(())
+}
+
+/// An operator started in `ns` without `--cluster-id` and `--org-id`.
+fn spawn_without_ids(env: &TestEnv, ns: &str, identity: &str) -> Result<OperatorProcess> {
+    let dir = std::env::temp_dir().join(format!("vws-e2e-{ns}-{identity}"));
+    OperatorProcess::spawn(
+        Path::new(OPERATOR),
+        &env.kubeconfig,
+        &dir,
+        &[
+            &format!("--watch-namespace={ns}"),
+            &format!("--namespace={ns}"),
+            &format!("--identity={identity}"),
+        ],
+    )
+}
+
+fn cluster_named(name: &str, org: &str) -> Result<Cluster> {
+    Ok(serde_json::from_value(json!({
+        "apiVersion": "vworkspace.io/v1alpha1",
+        "kind": "Cluster",
+        "metadata": { "name": name },
+        "spec": { "orgId": org, "mode": "push" },
+    }))?)
+}
+
+fn parsed_log(op: &OperatorProcess) -> Result<Vec<serde_json::Value>> {
+    Ok(op
+        .log_lines()?
+        .iter()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect())
+}
+
+#[tokio::test]
+async fn without_id_flags_the_identity_comes_from_the_one_cluster() -> Result<()> {
+    let env = TestEnv::shared().await?;
+    install_crds(&env).await?;
+    let ns = env.fresh_namespace("cluster-id").await?;
+    let api: Api<Cluster> = Api::namespaced(env.client.clone(), &ns);
+
+    // No Cluster: /readyz names `cluster` and why; no controller starts.
+    let mut first = spawn_without_ids(&env, &ns, "op-none")?;
+    let body = poll_until(LIMIT, "/readyz 503 naming cluster", || async {
+        let (code, body) = first.probe("/readyz").await.ok()?;
+        (code == 503 && body.contains("\"cluster\"") && body.contains("no Cluster in"))
+            .then_some(body)
+    })
+    .await?;
+    ensure!(body.contains(&ns), "names the namespace: {body}");
+    poll_until(LIMIT, "the wait in the log", || async {
+        parsed_log(&first)
+            .ok()?
+            .iter()
+            .any(|l| {
+                l["msg"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("waiting for the Cluster"))
+                    && l["reason"]
+                        .as_str()
+                        .is_some_and(|r| r.contains("no Cluster in"))
+            })
+            .then_some(())
+    })
+    .await?;
+    first.ensure_running()?;
+    let _ = first.terminate();
+    ensure!(
+        !parsed_log(&first)?
+            .iter()
+            .any(|l| l["msg"] == "starting controllers"),
+        "controllers started without an identity"
+    );
+
+    // Two Clusters: still waiting, both named.
+    api.create(
+        &PostParams::default(),
+        &cluster_named("cluster-cr", "org-cr")?,
+    )
+    .await?;
+    api.create(
+        &PostParams::default(),
+        &cluster_named("cluster-extra", "org-cr")?,
+    )
+    .await?;
+    let mut op = spawn_without_ids(&env, &ns, "op-cr")?;
+    let body = poll_until(LIMIT, "/readyz 503 naming two Clusters", || async {
+        let (code, body) = op.probe("/readyz").await.ok()?;
+        (code == 503 && body.contains("\"cluster\"") && body.contains("2 Clusters")).then_some(body)
+    })
+    .await?;
+    ensure!(
+        body.contains("cluster-cr") && body.contains("cluster-extra"),
+        "names both: {body}"
+    );
+    ensure!(
+        !parsed_log(&op)?
+            .iter()
+            .any(|l| l["msg"] == "starting controllers"),
+        "controllers started with two Clusters"
+    );
+
+    // One left: its name and orgId become the operator's ids.
+    api.delete("cluster-extra", &DeleteParams::default())
+        .await?;
+    poll_until(LIMIT, "/readyz/cluster 200", || async {
+        let (code, _) = op.probe("/readyz/cluster").await.ok()?;
+        (code == 200).then_some(())
+    })
+    .await?;
+    let instances: Api<vworkspace_api::application_instance::ApplicationInstance> =
+        Api::namespaced(env.client.clone(), &ns);
+    instances
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "vworkspace.io/v1alpha1",
+                "kind": "ApplicationInstance",
+                "metadata": { "name": "app" },
+                "spec": { "chart": { "repository": "https://charts.example.org", "name": "wiki", "version": "1.0.0" } }
+            }))?,
+        )
+        .await?;
+    let event = poll_until(LIMIT, "an audit event of the instance", || async {
+        op.audit_events()
+            .ok()?
+            .into_iter()
+            .find(|e| e["kind"] == "ReconcileStarted")
+    })
+    .await?;
+    ensure!(
+        event["cluster_id"] == "cluster-cr" && event["org_id"] == "org-cr",
+        "the audit event carries the Cluster's ids: {event}"
+    );
+    let lines = parsed_log(&op)?;
+    let started = lines
+        .iter()
+        .position(|l| l["msg"] == "starting controllers")
+        .context("the controllers started")?;
+    let waited = lines
+        .iter()
+        .position(|l| {
+            l["msg"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("waiting for the Cluster"))
+        })
+        .context("the wait was logged")?;
+    ensure!(waited < started, "waited before starting");
+    ensure!(
+        lines[waited]["cluster_id"] == "",
+        "no id is invented while waiting: {}",
+        lines[waited]
+    );
+    for line in &lines[started..] {
+        ensure!(
+            line["cluster_id"] == "cluster-cr" && line["org_id"] == "org-cr",
+            "every line after the start carries the Cluster's ids: {line}"
+        );
+    }
+
+    // The ids are fixed for the process: a changed orgId asks for a restart.
+    api.patch(
+        "cluster-cr",
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "spec": { "orgId": "org-renamed" } })),
+    )
+    .await?;
+    let body = poll_until(
+        LIMIT,
+        "/readyz/cluster 503 after the orgId changed",
+        || async {
+            let (code, body) = op.probe("/readyz/cluster").await.ok()?;
+            (code == 503).then_some(body)
+        },
+    )
+    .await?;
+    ensure!(
+        body.contains("org-renamed") && body.contains("restart"),
+        "{body}"
     );
     op.ensure_running()?;
     Ok(())

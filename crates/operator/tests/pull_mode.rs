@@ -8,9 +8,12 @@
 //! * the control plane goes away: Connected=False, then Disconnected=True with
 //!   ConnectivityLost, events wait in the buffer; it comes back: every event arrives
 //!   exactly once and ConnectivityConnected follows;
-//! * 5xx answers from the control plane's fault switch are retried;
+//! * 5xx answers from the control plane's fault switch are retried, a 429 waits out its
+//!   Retry-After, and a 413 splits the batch with every event still stored once;
 //! * SIGKILL with undelivered events: the restarted operator replays them from status;
 //! * a wrong token: Authenticated=False and `/readyz` names `controlplane`;
+//! * a missing token Secret: Authenticated=False/CredentialMissing with a Warning Event
+//!   on the Cluster; once the Secret exists the link starts and it recovers;
 //! * the bootstrap token never appears in logs, Events, metrics or audit payloads.
 
 use std::collections::BTreeSet;
@@ -26,7 +29,7 @@ use serde_json::json;
 use vworkspace_api::application_instance::ApplicationInstance;
 use vworkspace_api::{AuditEvent, Cluster};
 use vworkspace_controlplane::store::TimelineFilter;
-use vworkspace_controlplane::{Config, Running, Store};
+use vworkspace_controlplane::{Config, FaultSpec, PathClass, Running, Store};
 use vworkspace_testkit::env::{TestEnv, poll_until, unique_suffix};
 use vworkspace_testkit::sim::flux::FluxSimulator;
 
@@ -75,8 +78,14 @@ impl ControlPlane {
 
     /// Serve again on the same address.
     async fn resume(&mut self) -> Result<()> {
-        self.running =
-            Some(vworkspace_controlplane::serve(Config::new(&self.db, self.addr)).await?);
+        self.resume_with_faults(Vec::new()).await
+    }
+
+    /// Serve again on the same address, with `faults` in place before the first request.
+    async fn resume_with_faults(&mut self, faults: Vec<FaultSpec>) -> Result<()> {
+        let mut config = Config::new(&self.db, self.addr);
+        config.faults = faults;
+        self.running = Some(vworkspace_controlplane::serve(config).await?);
         Ok(())
     }
 
@@ -657,6 +666,206 @@ async fn overflow_is_reported_and_the_replay_delivers_every_outcome() -> Result<
     .await?;
     let t = cp.timeline()?;
     ensure!(t.len() == t.iter().map(|e| &e.event_id).collect::<BTreeSet<_>>().len());
+    op.ensure_running()?;
+    cp.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_413_splits_the_batch_and_every_event_arrives_once() -> Result<()> {
+    let env = TestEnv::shared().await?;
+    install_crds(&env).await?;
+    let ns = env.fresh_namespace("pull-413").await?;
+    let dir = std::env::temp_dir().join(format!("vws-pull-{ns}"));
+    let mut cp = ControlPlane::start(&dir).await?;
+    let _flux = FluxSimulator::start(env.client.clone(), Some(&ns));
+    create_pull_cluster(&env, &ns, &cp.url(), &cp.token, 1000).await?;
+    let mut op = spawn_operator(
+        &env,
+        &ns,
+        &format!("op-{}", unique_suffix()),
+        &operator_flags(),
+    )?;
+    let clusters: Api<Cluster> = Api::namespaced(env.client.clone(), &ns);
+    let instances: Api<ApplicationInstance> = Api::namespaced(env.client.clone(), &ns);
+    wait_condition(&clusters, "Connected", "True", "ControlPlaneReachable").await?;
+
+    // The control plane away: the transitions of four instances wait in the buffer, so
+    // the first batch after its return holds many events.
+    cp.stop().await;
+    let names: Vec<String> = (0..4).map(|i| format!("split-{i}")).collect();
+    for name in &names {
+        instances
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({
+                    "apiVersion": "vworkspace.io/v1alpha1", "kind": "ApplicationInstance",
+                    "metadata": { "name": name },
+                    "spec": { "chart": { "repository": "https://charts.example.org/stable", "name": "nextcloud", "version": "1.0.0" } },
+                }))?,
+            )
+            .await?;
+    }
+    for name in &names {
+        wait_ready(&instances, name).await?;
+    }
+    let published =
+        |op: &vworkspace_testkit::fixtures::OperatorProcess| -> Result<BTreeSet<String>> {
+            Ok(op
+                .audit_events()?
+                .iter()
+                .filter(|e| {
+                    e["application_instance"]
+                        .as_str()
+                        .is_some_and(|a| a.starts_with("split-"))
+                })
+                .filter_map(|e| e["event_id"].as_str().map(str::to_owned))
+                .collect())
+        };
+    poll_until(LIMIT, "every success published", || async {
+        let audit = op.audit_events().ok()?;
+        names
+            .iter()
+            .all(|n| {
+                audit.iter().any(|e| {
+                    e["kind"] == "ReconcileSucceeded" && e["application_instance"] == n.as_str()
+                })
+            })
+            .then_some(())
+    })
+    .await?;
+    let expected = published(&op)?;
+    ensure!(
+        expected.len() >= 8,
+        "two or more events per instance: {expected:?}"
+    );
+
+    // Back, answering 413 to the first batch of events.
+    cp.resume_with_faults(vec![FaultSpec {
+        path: PathClass::Events,
+        status: Some(413),
+        retry_after: None,
+        refuse: false,
+        delay_ms: None,
+        count: Some(1),
+    }])
+    .await?;
+    let stored = poll_until(LIMIT, "every success delivered", || async {
+        let timeline = cp.timeline().ok()?;
+        names
+            .iter()
+            .all(|n| kinds_for(&timeline, n).contains("ReconcileSucceeded"))
+            .then_some(timeline)
+    })
+    .await?;
+    let stats = cp.admin(reqwest::Method::GET, "/admin/stats", None).await?;
+    let answered = &stats["requests"]["POST /api/agent/events"];
+    ensure!(answered["413"] == 1, "the 413 was answered: {answered}");
+    let split = op.log_lines()?.iter().any(|l| {
+        l.contains("the control plane refused an audit batch; splitting it")
+            && !l.contains("\"events\":1,")
+    });
+    ensure!(split, "the shipper split a batch of several events");
+    ensure!(
+        !op.log_lines()?
+            .iter()
+            .any(|l| l.contains("refuses this audit event on its own")),
+        "no event was given up"
+    );
+
+    // Exactly once: every published id has one row, and no row is there twice.
+    let rows: Vec<&str> = stored
+        .iter()
+        .filter(|e| {
+            e.application_instance
+                .as_deref()
+                .is_some_and(|a| a.starts_with("split-"))
+        })
+        .map(|e| e.event_id.as_str())
+        .collect();
+    let distinct: BTreeSet<String> = rows.iter().map(|s| (*s).to_owned()).collect();
+    ensure!(rows.len() == distinct.len(), "a row twice: {rows:?}");
+    // Later transitions may still be on their way; the ones published before are all in.
+    ensure!(
+        expected.is_subset(&distinct),
+        "missing: {:?}",
+        expected.difference(&distinct).collect::<Vec<_>>()
+    );
+    let store_rows = cp.store()?.event_count()?;
+    ensure!(
+        store_rows as usize == cp.timeline()?.len(),
+        "the store and the timeline agree"
+    );
+    op.ensure_running()?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_token_secret_is_reported_on_the_cluster_until_it_exists() -> Result<()> {
+    let env = TestEnv::shared().await?;
+    install_crds(&env).await?;
+    let ns = env.fresh_namespace("pull-secret").await?;
+    let dir = std::env::temp_dir().join(format!("vws-pull-{ns}"));
+    let mut cp = ControlPlane::start(&dir).await?;
+    create_pull_cluster(&env, &ns, &cp.url(), &cp.token, 1000).await?;
+    let secrets: Api<Secret> = Api::namespaced(env.client.clone(), &ns);
+    let secret = secrets.get("controlplane-token").await?;
+    secrets
+        .delete("controlplane-token", &kube::api::DeleteParams::default())
+        .await?;
+    let mut op = spawn_operator(
+        &env,
+        &ns,
+        &format!("op-{}", unique_suffix()),
+        &operator_flags(),
+    )?;
+    let clusters: Api<Cluster> = Api::namespaced(env.client.clone(), &ns);
+    let c = wait_condition(&clusters, "Authenticated", "False", "CredentialMissing").await?;
+    let message = c
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|x| x.type_ == "Authenticated"))
+        .map(|x| x.message.clone())
+        .unwrap_or_default();
+    ensure!(
+        message.contains("controlplane-token") && message.contains("does not exist"),
+        "names the Secret: {message}"
+    );
+    let events: Api<Event> = Api::namespaced(env.client.clone(), &ns);
+    let warning = |reason: &'static str, type_: &'static str| {
+        let events = events.clone();
+        async move {
+            poll_until(
+                LIMIT,
+                &format!("a {type_} Event {reason} on the Cluster"),
+                || async {
+                    events
+                        .list(
+                            &ListParams::default().fields(&format!("regarding.name={CLUSTER_ID}")),
+                        )
+                        .await
+                        .ok()?
+                        .items
+                        .into_iter()
+                        .find(|e| {
+                            e.reason.as_deref() == Some(reason) && e.type_.as_deref() == Some(type_)
+                        })
+                },
+            )
+            .await
+        }
+    };
+    warning("CredentialMissing", "Warning").await?;
+
+    // The Secret is back: the link starts and the credential is accepted.
+    let mut again = secret.clone();
+    again.metadata = kube::api::ObjectMeta {
+        name: secret.metadata.name.clone(),
+        ..Default::default()
+    };
+    secrets.create(&PostParams::default(), &again).await?;
+    wait_condition(&clusters, "Authenticated", "True", "CredentialValid").await?;
+    warning("CredentialValid", "Normal").await?;
     op.ensure_running()?;
     cp.stop().await;
     Ok(())

@@ -8,9 +8,9 @@
 //! [`transitions::announce`], the one rule).
 //!
 //! Invariants:
-//! * the conditions are always the six types of the spec's example plus
-//!   `EventBufferOverflow`, in a fixed order, so `kubectl get cluster -o yaml` reads the
-//!   same on every cluster;
+//! * the conditions are always the five types of the spec's example plus
+//!   `EventBufferOverflow` and `OperationCatalogValid`, in a fixed order, so
+//!   `kubectl get cluster -o yaml` reads the same on every cluster;
 //! * connectivity maps to conditions as follows (and `connectivity_state` is the same
 //!   signal):
 //!
@@ -101,6 +101,18 @@ pub struct AuditView {
     pub overflow_unrecovered: bool,
 }
 
+/// What the catalog ConfigMap makes of the Operation catalog.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum CatalogView {
+    /// No catalog ConfigMap: the built-in catalog.
+    #[default]
+    Builtin,
+    /// The ConfigMap (named) parses; its overrides are in force.
+    Overridden(String),
+    /// The ConfigMap (named) does not parse (why); the built-in catalog stays in force.
+    Invalid(String, String),
+}
+
 /// Everything the Cluster status is made of.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Observed {
@@ -122,6 +134,8 @@ pub struct Observed {
     pub crds: CrdCheck,
     /// The audit stream.
     pub audit: AuditView,
+    /// The Operation catalog.
+    pub catalog: CatalogView,
 }
 
 /// The status to write and what to announce.
@@ -281,6 +295,26 @@ fn crds(check: &CrdCheck) -> Value {
     }
 }
 
+fn catalog(view: &CatalogView) -> Value {
+    match view {
+        CatalogView::Builtin => (
+            ConditionStatus::True,
+            c::reasons::BUILTIN_CATALOG,
+            "no catalog ConfigMap; the built-in Operation catalog is in force".to_owned(),
+        ),
+        CatalogView::Overridden(name) => (
+            ConditionStatus::True,
+            c::reasons::CATALOG_OVERRIDES_APPLIED,
+            format!("the overrides of ConfigMap {name} are in force"),
+        ),
+        CatalogView::Invalid(name, why) => (
+            ConditionStatus::False,
+            c::reasons::OPERATION_CATALOG_INVALID,
+            format!("ConfigMap {name} does not parse; the built-in catalog stays in force: {why}"),
+        ),
+    }
+}
+
 fn overflow(audit: &AuditView) -> Value {
     if audit.overflow_unrecovered {
         (
@@ -335,6 +369,7 @@ pub fn plan(current: Option<&ClusterStatus>, observed: &Observed, now: &Time) ->
         (c::CRDS_REGISTERED, crds(&observed.crds)),
         (c::DISCONNECTED, disconnected),
         (c::EVENT_BUFFER_OVERFLOW, overflow(&observed.audit)),
+        (c::OPERATION_CATALOG_VALID, catalog(&observed.catalog)),
     ];
     let mut conditions = Vec::with_capacity(values.len());
     for (type_, (st, reason, message)) in values {
@@ -349,11 +384,51 @@ pub fn plan(current: Option<&ClusterStatus>, observed: &Observed, now: &Time) ->
         );
     }
     status.conditions = conditions;
+    finish(current, previous, status, observed.generation, now)
+}
 
+/// The status after a reconcile of the Cluster failed with an error of `category`
+/// (`vworkspace_api::conditions::errors`): the Cluster controller itself is not
+/// healthy, so `ControllersHealthy` becomes False with the category as its reason and
+/// the error chain as its message (announced once, as a Warning Event with that
+/// reason). Everything else keeps what was last written; the next successful
+/// reconcile recomputes the condition and so clears it.
+pub fn plan_error(
+    current: Option<&ClusterStatus>,
+    generation: Option<i64>,
+    category: &'static str,
+    message: &str,
+    now: &Time,
+) -> Plan {
+    let previous = current.cloned().unwrap_or_default();
+    let mut status = previous.clone();
+    set_condition(
+        &mut status.conditions,
+        new_condition(
+            c::CONTROLLERS_HEALTHY,
+            ConditionStatus::False,
+            category,
+            format!("the cluster controller cannot report: {message}"),
+            generation,
+            now,
+        ),
+        now,
+    );
+    finish(current, previous, status, generation, now)
+}
+
+/// Announce what changed from `previous` to `status` and record it.
+fn finish(
+    current: Option<&ClusterStatus>,
+    previous: ClusterStatus,
+    mut status: ClusterStatus,
+    generation: Option<i64>,
+    now: &Time,
+) -> Plan {
     let mut records = previous.transitions.clone();
     let transitions = transitions::announce(
         Resource::Cluster,
-        observed.generation.unwrap_or(0),
+        generation.unwrap_or(0),
         StatusView {
             observed_generation: previous.observed_generation,
             conditions: &previous.conditions,
@@ -411,6 +486,7 @@ mod tests {
             unhealthy_controllers: vec![],
             crds: CrdCheck::Matches,
             audit: AuditView::default(),
+            catalog: CatalogView::Builtin,
         }
     }
 
@@ -450,7 +526,8 @@ mod tests {
                 "ControllersHealthy",
                 "CRDsRegistered",
                 "Disconnected",
-                "EventBufferOverflow"
+                "EventBufferOverflow",
+                "OperationCatalogValid"
             ]
         );
         assert_eq!(cond(s, c::CONNECTED), ("True", "ControlPlaneReachable"));
@@ -636,5 +713,91 @@ mod tests {
             ("Unknown", "NotApplicable")
         );
         assert!(kinds(&p).is_empty());
+    }
+
+    #[test]
+    fn a_failed_reconcile_is_a_warning_once_and_clears_on_success() {
+        use vworkspace_api::conditions::errors;
+        let ok = plan(None, &observed(None), &at(0));
+        let failed = plan_error(
+            Some(&ok.status),
+            Some(1),
+            errors::READ_FAILED,
+            "reading CustomResourceDefinitions: forbidden (403 Forbidden)",
+            &at(1),
+        );
+        assert_eq!(
+            cond(&failed.status, c::CONTROLLERS_HEALTHY),
+            ("False", "ReadFailed")
+        );
+        let message = &find_condition(&failed.status.conditions, c::CONTROLLERS_HEALTHY)
+            .unwrap()
+            .message;
+        assert!(message.contains("403 Forbidden"), "{message}");
+        assert_eq!(kinds(&failed), ["ReadFailed"]);
+        assert!(failed.changed);
+        // Everything else is as it was.
+        for t in [c::CONNECTED, c::CRDS_REGISTERED, c::EVENT_BUFFER_OVERFLOW] {
+            assert_eq!(cond(&failed.status, t), cond(&ok.status, t), "{t}");
+        }
+        // A retry failing the same way announces nothing more.
+        let again = plan_error(
+            Some(&failed.status),
+            Some(1),
+            errors::READ_FAILED,
+            "reading CustomResourceDefinitions: forbidden (403 Forbidden)",
+            &at(2),
+        );
+        assert!(kinds(&again).is_empty());
+        assert!(!again.changed);
+        // Another category is announced as its own Warning.
+        let write = plan_error(
+            Some(&again.status),
+            Some(1),
+            errors::STATUS_WRITE_FAILED,
+            "writing the status: denied",
+            &at(3),
+        );
+        assert_eq!(kinds(&write), ["StatusWriteFailed"]);
+        // The next successful reconcile clears it, announced as a recovery.
+        let back = plan(Some(&write.status), &observed(None), &at(4));
+        assert_eq!(
+            cond(&back.status, c::CONTROLLERS_HEALTHY),
+            ("True", "AllControllersReady")
+        );
+        assert_eq!(kinds(&back), ["AllControllersReady"]);
+    }
+
+    #[test]
+    fn the_catalog_configmap_is_reported_without_an_event_on_the_cluster() {
+        let ok = plan(None, &observed(None), &at(0));
+        assert_eq!(
+            cond(&ok.status, c::OPERATION_CATALOG_VALID),
+            ("True", "BuiltinCatalog")
+        );
+        let mut bad = observed(None);
+        bad.catalog = CatalogView::Invalid(
+            "vworkspace-operation-catalog".into(),
+            "unknown template no.such.template".into(),
+        );
+        let p = plan(Some(&ok.status), &bad, &at(1));
+        assert_eq!(
+            cond(&p.status, c::OPERATION_CATALOG_VALID),
+            ("False", "OperationCatalogInvalid")
+        );
+        let message = &find_condition(&p.status.conditions, c::OPERATION_CATALOG_VALID)
+            .unwrap()
+            .message;
+        assert!(message.contains("no.such.template"), "{message}");
+        // The Warning Event is on the ConfigMap (the Operation controller's); the Cluster
+        // condition adds none.
+        assert!(kinds(&p).is_empty());
+        let mut fixed = observed(None);
+        fixed.catalog = CatalogView::Overridden("vworkspace-operation-catalog".into());
+        let back = plan(Some(&p.status), &fixed, &at(2));
+        assert_eq!(
+            cond(&back.status, c::OPERATION_CATALOG_VALID),
+            ("True", "CatalogOverridesApplied")
+        );
     }
 }

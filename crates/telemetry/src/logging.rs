@@ -38,7 +38,7 @@ use std::borrow::Cow;
 use std::fmt::{self, Write as _};
 use std::io;
 use std::str::FromStr;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use serde_json::Value;
 use tracing::field::{Field, Visit};
@@ -131,6 +131,37 @@ pub struct LogOptions {
     pub filter: Option<String>,
 }
 
+/// The `cluster_id` and `org_id` every line carries, settable after the logger is
+/// installed: the operator learns them from the Cluster CR once the API server
+/// answers, and every line from then on carries them.
+#[derive(Clone, Debug, Default)]
+pub struct LogIdentity(Arc<RwLock<(Value, Value)>>);
+
+impl LogIdentity {
+    /// An identity starting with these values.
+    pub fn new(cluster_id: &str, org_id: &str) -> Self {
+        Self(Arc::new(RwLock::new((
+            Value::String(cluster_id.to_owned()),
+            Value::String(org_id.to_owned()),
+        ))))
+    }
+
+    /// Every later line carries `cluster_id` and `org_id`.
+    pub fn set(&self, cluster_id: &str, org_id: &str) {
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = (
+            Value::String(cluster_id.to_owned()),
+            Value::String(org_id.to_owned()),
+        );
+    }
+
+    fn get(&self) -> (Value, Value) {
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
 /// Errors configuring the logger.
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
@@ -156,15 +187,17 @@ pub enum LogError {
 
 /// Installs the global subscriber writing to stderr (where zap writes), reading
 /// `RUST_LOG` when `opts.filter` is `None`. Also routes `log` records into tracing.
-pub fn init(mut opts: LogOptions) -> Result<(), LogError> {
+/// The returned handle changes `cluster_id` and `org_id` of later lines.
+pub fn init(mut opts: LogOptions) -> Result<LogIdentity, LogError> {
     if opts.filter.is_none() {
         opts.filter = std::env::var("RUST_LOG")
             .ok()
             .filter(|f| !f.trim().is_empty());
     }
-    let layer = make_layer(&opts, io::stderr)?;
+    let identity = LogIdentity::new(&opts.cluster_id, &opts.org_id);
+    let layer = make_layer_with_identity(&opts, io::stderr, identity.clone())?;
     tracing_subscriber::registry().with(layer).try_init()?;
-    Ok(())
+    Ok(identity)
 }
 
 /// Directives always applied first (a user's filter can override them).
@@ -175,6 +208,24 @@ const QUIET_CLIENT: &str = "kube_client=off,kube_runtime=off";
 pub fn make_layer<S, W>(
     opts: &LogOptions,
     writer: W,
+) -> Result<Box<dyn Layer<S> + Send + Sync + 'static>, LogError>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    make_layer_with_identity(
+        opts,
+        writer,
+        LogIdentity::new(&opts.cluster_id, &opts.org_id),
+    )
+}
+
+/// [`make_layer`] whose `cluster_id` and `org_id` come from `identity` (initially
+/// whatever it holds, not `opts`), so they can change later.
+pub fn make_layer_with_identity<S, W>(
+    opts: &LogOptions,
+    writer: W,
+    identity: LogIdentity,
 ) -> Result<Box<dyn Layer<S> + Send + Sync + 'static>, LogError>
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
@@ -199,14 +250,8 @@ where
         })?;
     let format = ZapFormat {
         encoder: opts.encoder,
-        fixed: vec![
-            ("cluster_id", Value::String(opts.cluster_id.clone())),
-            ("org_id", Value::String(opts.org_id.clone())),
-            (
-                "operator_version",
-                Value::String(opts.operator_version.clone()),
-            ),
-        ],
+        identity,
+        operator_version: Value::String(opts.operator_version.clone()),
     };
     let fmt_layer = tracing_subscriber::fmt::layer()
         .event_format(format)
@@ -381,7 +426,20 @@ impl<'w> FormatFields<'w> for NoFields {
 /// zap's JSON (or console) layout.
 struct ZapFormat {
     encoder: LogEncoder,
-    fixed: Vec<(&'static str, Value)>,
+    identity: LogIdentity,
+    operator_version: Value,
+}
+
+impl ZapFormat {
+    /// The always-set keys after `msg`, in order.
+    fn fixed(&self) -> [(&'static str, Value); 3] {
+        let (cluster_id, org_id) = self.identity.get();
+        [
+            ("cluster_id", cluster_id),
+            ("org_id", org_id),
+            ("operator_version", self.operator_version.clone()),
+        ]
+    }
 }
 
 fn level_name(level: &Level) -> &'static str {
@@ -421,6 +479,7 @@ where
                 }
             }
         }
+        let fixed = self.fixed();
         let mut message = String::new();
         event.record(&mut JsonVisitor {
             fields: &mut fields,
@@ -435,7 +494,7 @@ where
                 write_json(&mut writer, &ts)?;
                 writer.write_str(",\"msg\":")?;
                 write_json(&mut writer, &message)?;
-                for (key, value) in &self.fixed {
+                for (key, value) in &fixed {
                     writer.write_char(',')?;
                     write_json(&mut writer, key)?;
                     writer.write_char(':')?;
@@ -461,8 +520,7 @@ where
                     message.replace('\n', "\\n"),
                 )?;
                 writer.write_char('{')?;
-                let entries = self
-                    .fixed
+                let entries = fixed
                     .iter()
                     .map(|(k, v)| (*k, v))
                     .chain(fields.0.iter().map(|(k, v)| (k.as_ref(), v)));

@@ -20,7 +20,9 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::{FutureExt as _, StreamExt};
+use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -34,8 +36,12 @@ use vworkspace_api::cluster::{Cluster, ManagedNamespace};
 use vworkspace_api::conditions::errors;
 use vworkspace_api::labels::{ALLOWED_OPERATION_TEMPLATES, FIELD_MANAGER_OPERATOR};
 use vworkspace_api::thirdparty::velero::ServerStatusRequest;
-use vworkspace_reconcile::cluster::{self as plan, AuditView, CrdCheck, LinkView, Observed};
-use vworkspace_runtime::{Action, ErrorCategory, Event, Readiness};
+use vworkspace_reconcile::catalog;
+use vworkspace_reconcile::cluster::{
+    self as plan, AuditView, CatalogView, CrdCheck, LinkView, Observed,
+};
+use vworkspace_runtime::report::error_chain;
+use vworkspace_runtime::{Action, ErrorCategory, ErrorReport, Event, Readiness};
 use vworkspace_telemetry::metrics::ClusterMetrics;
 
 use crate::checks;
@@ -75,6 +81,8 @@ pub struct Context {
     pub written: Arc<Mutex<Option<String>>>,
     /// `vworkspace_operator_managed_namespaces`.
     pub metrics: ClusterMetrics,
+    /// The catalog ConfigMap's cache (shared with the Operation controller).
+    pub catalog_config: Store<ConfigMap>,
 }
 
 /// Cached discovery: the CRD comparison and the engine versions.
@@ -314,14 +322,21 @@ pub async fn reconcile(event: Event<Cluster>, ctx: Arc<Context>) -> Result<Actio
         unhealthy_controllers: unhealthy(&ctx.readiness),
         crds: found.crds,
         audit: ctx.audit.borrow().clone(),
+        catalog: catalog_view(&ctx.catalog_config),
     };
     ctx.metrics
         .set_managed_namespaces(observed.managed_namespaces.len());
     let now = Time(Timestamp::now());
     let p = plan::plan(obj.status.as_ref(), &observed, &now);
+    publish_and_persist(&ctx, &obj, &p).await?;
+    Ok(Action::RequeueAfter(ctx.resync))
+}
+
+/// Publish the plan's transitions, then write its status when it changed.
+async fn publish_and_persist(ctx: &Context, obj: &Cluster, p: &plan::Plan) -> Result<(), Error> {
     for record in &p.transitions {
         ctx.publisher
-            .publish(obj.as_ref(), record, "Report", AuditContext::default())
+            .publish(obj, record, "Report", AuditContext::default())
             .await;
     }
     if p.changed {
@@ -344,7 +359,70 @@ pub async fn reconcile(event: Event<Cluster>, ctx: Arc<Context>) -> Result<Actio
             written.metadata.resource_version;
         tracing::info!(cluster = %obj.name_any(), "cluster status written");
     }
-    Ok(Action::RequeueAfter(ctx.resync))
+    Ok(())
+}
+
+/// The error reporter: a failed reconcile of the Cluster sets `ControllersHealthy=False`
+/// with the error's category as reason (a Warning Event with that reason, once per
+/// entry), on a fresh read of the Cluster. When even that write fails, the Event has
+/// been published and the log says why.
+pub fn reporter(
+    ctx: Arc<Context>,
+) -> impl Fn(Arc<Cluster>, ErrorReport) -> BoxFuture<'static, ()> + Send + Sync {
+    move |obj, report| {
+        let ctx = Arc::clone(&ctx);
+        async move {
+            if ObjectRef::from_obj(obj.as_ref()) != ctx.key {
+                return;
+            }
+            let api: Api<Cluster> = Api::namespaced(
+                ctx.client.clone(),
+                ctx.key.namespace.as_deref().unwrap_or_default(),
+            );
+            let fresh = match api.get_opt(&ctx.key.name).await {
+                Ok(Some(fresh)) => fresh,
+                Ok(None) => return,
+                Err(err) => {
+                    tracing::warn!(
+                        error = %error_chain(&err),
+                        "cannot read the Cluster to report the error on it"
+                    );
+                    return;
+                }
+            };
+            let p = plan::plan_error(
+                fresh.status.as_ref(),
+                fresh.metadata.generation,
+                report.category,
+                &report.message,
+                &Time(Timestamp::now()),
+            );
+            if let Err(err) = publish_and_persist(&ctx, &fresh, &p).await {
+                tracing::warn!(
+                    error = %error_chain(&err),
+                    "cannot report the error on the Cluster"
+                );
+            }
+        }
+        .boxed()
+    }
+}
+
+/// What the catalog ConfigMap makes of the catalog, by the same function the Operation
+/// controller builds its catalog with (`Catalog::with_overrides`), on the same cache:
+/// the two cannot disagree on whether it parses.
+fn catalog_view(configs: &Store<ConfigMap>) -> CatalogView {
+    let Some(cm) = configs
+        .state()
+        .into_iter()
+        .find(|cm| cm.metadata.name.as_deref() == Some(catalog::CONFIGMAP_NAME))
+    else {
+        return CatalogView::Builtin;
+    };
+    match catalog::builtin().with_overrides(&cm.data.clone().unwrap_or_default()) {
+        Ok(_) => CatalogView::Overridden(cm.name_any()),
+        Err(err) => CatalogView::Invalid(cm.name_any(), err.to_string()),
+    }
 }
 
 /// What is wrong with each controller that is not healthy.
@@ -360,38 +438,4 @@ fn unhealthy(readiness: &Readiness) -> Vec<String> {
             (!unsynced.is_empty()).then(|| format!("{}: {}", c.name, unsynced.join(", ")))
         })
         .collect()
-}
-
-/// The readiness sub-check `cluster`: exactly one Cluster in the operator's namespace,
-/// named like `--cluster-id`, whose `spec.orgId` agrees with `--org-id`.
-pub fn check_identity(
-    clusters: &Store<Cluster>,
-    key: &ObjectRef<Cluster>,
-    org_id: &str,
-) -> Result<(), String> {
-    let namespace = key.namespace.as_deref().unwrap_or_default();
-    let all = clusters.state();
-    let mut names: Vec<String> = all.iter().map(|c| c.name_any()).collect();
-    names.sort();
-    match all.iter().find(|c| ObjectRef::from_obj(c.as_ref()) == *key) {
-        None if names.is_empty() => Err(format!(
-            "no Cluster in {namespace}; create {namespace}/{} (the cluster id)",
-            key.name
-        )),
-        None => Err(format!(
-            "no Cluster named {} in {namespace} (found: {}); the name must be the cluster id",
-            key.name,
-            names.join(", ")
-        )),
-        Some(_) if names.len() > 1 => Err(format!(
-            "{} Clusters in {namespace} ({}); exactly one is expected",
-            names.len(),
-            names.join(", ")
-        )),
-        Some(c) if c.spec.org_id != org_id => Err(format!(
-            "Cluster {} says orgId {:?} but the operator runs with --org-id {org_id:?}",
-            key.name, c.spec.org_id
-        )),
-        Some(_) => Ok(()),
-    }
 }

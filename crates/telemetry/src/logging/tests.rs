@@ -250,3 +250,33 @@ fn flag_values_parse_strictly() {
     let result = make_layer::<tracing_subscriber::Registry, _>(&bad, LogCapture::new());
     assert!(matches!(result, Err(LogError::InvalidFilter { .. })));
 }
+
+#[test]
+fn identity_set_later_reaches_every_later_line() {
+    let sink = LogCapture::new();
+    let identity = LogIdentity::new("", "");
+    let layer = make_layer_with_identity(
+        &opts(LogLevel::Info, LogEncoder::Json),
+        sink.clone(),
+        identity.clone(),
+    )
+    .expect("valid options");
+    let subscriber = tracing_subscriber::registry().with(layer);
+    tracing::subscriber::with_default(subscriber, || {
+        tracing::info!("before");
+        identity.set("cluster-from-cr", "org-from-cr");
+        tracing::info!("after");
+    });
+    let lines = sink.lines();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    let before = parse(&lines[0]);
+    let after = parse(&lines[1]);
+    assert_eq!(before["cluster_id"], "");
+    assert_eq!(after["cluster_id"], "cluster-from-cr");
+    assert_eq!(after["org_id"], "org-from-cr");
+    // The key order of the spec holds for the changed values too.
+    let at = |key: &str| lines[1].find(&format!("\"{key}\":")).expect(key);
+    assert!(at("msg") < at("cluster_id"));
+    assert!(at("cluster_id") < at("org_id"));
+    assert!(at("org_id") < at("operator_version"));
+}
