@@ -425,17 +425,28 @@ fn catalog_view(configs: &Store<ConfigMap>) -> CatalogView {
     }
 }
 
-/// What is wrong with each controller that is not healthy.
+/// What is wrong with each controller that is not healthy: a cache that has not synced,
+/// or a watch that is failing (its cache no longer follows the API server). A watch
+/// that is only re-listing after a gap is not counted: that is brief and normal.
 fn unhealthy(readiness: &Readiness) -> Vec<String> {
     readiness
         .controllers()
         .iter()
         .filter_map(|c| {
-            let unsynced: Vec<String> = c
+            let unsynced = c
                 .unsynced()
-                .map(|w| format!("cache of {} not synced", w.kind))
-                .collect();
-            (!unsynced.is_empty()).then(|| format!("{}: {}", c.name, unsynced.join(", ")))
+                .map(|w| format!("cache of {} not synced", w.kind));
+            let failing = c
+                .watches
+                .iter()
+                .filter(|w| {
+                    w.trouble
+                        .as_deref()
+                        .is_some_and(|t| t.starts_with("failing"))
+                })
+                .map(|w| format!("watch of {} failing", w.kind));
+            let problems: Vec<String> = unsynced.chain(failing).collect();
+            (!problems.is_empty()).then(|| format!("{}: {}", c.name, problems.join(", ")))
         })
         .collect()
 }
