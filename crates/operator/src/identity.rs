@@ -167,7 +167,13 @@ impl Clusters {
         tokio::spawn(async move {
             futures::pin_mut!(stream);
             let mut synced = false;
+            // One line when the watch starts failing and one when it recovers, however
+            // many retries there are in between (an outage must not flood the log).
+            let mut failing = false;
             while let Some(event) = stream.next().await {
+                if event.is_ok() && std::mem::take(&mut failing) {
+                    tracing::info!("watching Clusters again");
+                }
                 let next = match event {
                     Ok(watcher::Event::InitDone) => {
                         synced = true;
@@ -176,7 +182,9 @@ impl Clusters {
                     Ok(_) if synced => WatchState::Synced,
                     Ok(_) => WatchState::Listing,
                     Err(err) => {
-                        tracing::warn!(error = %err, "cannot watch Clusters");
+                        if !std::mem::replace(&mut failing, true) {
+                            tracing::warn!(error = %err, "cannot watch Clusters; retrying");
+                        }
                         WatchState::Failing(format!("cannot list or watch Clusters: {err}"))
                     }
                 };

@@ -383,7 +383,10 @@ pub fn reporter(
                 Ok(Some(fresh)) => fresh,
                 Ok(None) => return,
                 Err(err) => {
-                    tracing::warn!(
+                    // The reconcile error itself is logged (rate-limited) by the runtime;
+                    // when the Cluster cannot even be read, the API server is away and
+                    // one more line per retry would only repeat that.
+                    tracing::debug!(
                         error = %error_chain(&err),
                         "cannot read the Cluster to report the error on it"
                     );
