@@ -30,8 +30,10 @@ use vworkspace_reconcile::cluster::CrdCheck;
 use vworkspace_runtime::Readiness;
 use vworkspace_telemetry::health::{CheckHandle, Health};
 
-/// How often the operator's permissions are verified again without a reason to.
-pub const RBAC_RECHECK: Duration = Duration::from_secs(10 * 60);
+/// How often permissions found missing are verified again (so that a fix is noticed)
+/// without another reason to. Permissions found complete are verified again only after
+/// a 403: a permission taken away shows up as one on the next request that needs it.
+pub const RBAC_RECHECK: Duration = Duration::from_secs(60);
 /// Least time between two RBAC verifications (403s may come in bursts).
 const RBAC_SPACING: Duration = Duration::from_secs(30);
 /// How soon a verification that could not be done (API server unreachable) is retried.
@@ -205,13 +207,18 @@ fn flux_verdict(
     }
 }
 
-/// Verify the permissions now, then every [`RBAC_RECHECK`], and again (at most every
-/// [`RBAC_SPACING`]) after a 403.
+/// Verify the permissions now and again (at most every [`RBAC_SPACING`]) after a 403;
+/// while some are missing, also every [`RBAC_RECHECK`]. A healthy operator sends no
+/// SelfSubjectAccessReview in steady state.
 async fn keep_rbac(client: Client, handle: CheckHandle, mut forbidden: watch::Receiver<u64>) {
     loop {
         forbidden.borrow_and_update();
-        match check_rbac(client.clone()).await {
-            Rbac::Verified(verdict) => handle.set(verdict),
+        let complete = match check_rbac(client.clone()).await {
+            Rbac::Verified(verdict) => {
+                let complete = verdict.is_ok();
+                handle.set(verdict);
+                complete
+            }
             Rbac::Unknown(why) => {
                 // Nothing learned: a verdict already known stands; retry soon.
                 if handle.status().is_err() {
@@ -220,14 +227,20 @@ async fn keep_rbac(client: Client, handle: CheckHandle, mut forbidden: watch::Re
                 tokio::time::sleep(RBAC_RETRY).await;
                 continue;
             }
-        }
+        };
         tokio::time::sleep(RBAC_SPACING).await;
+        let recheck = async {
+            if complete {
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(RBAC_RECHECK.saturating_sub(RBAC_SPACING)).await;
+        };
         tokio::select! {
-            () = tokio::time::sleep(RBAC_RECHECK.saturating_sub(RBAC_SPACING)) => {}
+            () = recheck => {}
             changed = forbidden.changed() => {
                 if changed.is_err() {
-                    // The client is gone; only the timer is left.
-                    tokio::time::sleep(RBAC_RECHECK).await;
+                    // The client is gone: nothing will change any more.
+                    std::future::pending::<()>().await;
                 }
             }
         }
