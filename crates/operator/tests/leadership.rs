@@ -102,8 +102,12 @@ async fn only_the_leader_reconciles_and_a_standby_takes_over() -> Result<()> {
         reconciles(&stand.metrics().await?) == 0.0,
         "the standby did not reconcile"
     );
-    let (code, _) = stand.probe("/readyz").await?;
-    ensure!(code == 200, "a standby is ready (healthy, waiting)");
+    // A standby is ready (healthy, waiting) once its background checks have their
+    // first verdicts (the RBAC reviews take a moment).
+    poll_until(LIMIT, "the standby's /readyz 200", || async {
+        matches!(stand.probe("/readyz").await, Ok((200, _))).then_some(())
+    })
+    .await?;
 
     // The leader dies without releasing the Lease; the standby takes over after expiry.
     lead.kill();
