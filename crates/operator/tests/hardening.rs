@@ -441,10 +441,32 @@ async fn a_hundred_readiness_probes_cost_no_api_request_and_no_log_line() -> Res
     install_crds(&env).await?;
     let ns = env.fresh_namespace("probes").await?;
     create_cluster(&env, &ns, "push").await?;
-    let op = spawn_operator(&env, &ns, &format!("op-{}", unique_suffix()), &[])?;
+    // No periodic Cluster resync inside the window: only the probes could send requests.
+    let op = spawn_operator(
+        &env,
+        &ns,
+        &format!("op-{}", unique_suffix()),
+        &["--cluster-resync=1h"],
+    )?;
     wait_readyz(&op).await?;
     let requests = |m: &Exposition| m.sum("rest_client_requests_total", &[]);
-    let before = Exposition::parse(&op.metrics().await?)?;
+    // Start-up work (first lists, the catalog, the Velero probe) has settled once two
+    // scrapes a second apart show the same count.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut previous = requests(&Exposition::parse(&op.metrics().await?)?);
+    let before = loop {
+        // The sampling interval of a quiet-period check, bounded by the deadline.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let m = Exposition::parse(&op.metrics().await?)?;
+        if requests(&m) == previous {
+            break m;
+        }
+        previous = requests(&m);
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "the operator's requests did not settle within 60 s"
+        );
+    };
     let lines_before = op.log_lines()?.len();
     for i in 0..100 {
         let path = match i % 4 {
