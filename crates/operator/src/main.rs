@@ -295,6 +295,8 @@ async fn run(opts: Options) -> Result<ExitCode> {
         watcher::Config::default().labels(&labels::managed_namespace_selector()),
     );
     let applied_releases = controllers::application_instance::Applied::<HelmRelease>::default();
+    let applied_repositories =
+        controllers::application_instance::Applied::<HelmRepository>::default();
     let ai_ctx = Arc::new(controllers::application_instance::Context {
         client: client.clone(),
         publisher: publisher.clone(),
@@ -303,7 +305,7 @@ async fn run(opts: Options) -> Result<ExitCode> {
         repositories: repositories.store(),
         written: controllers::application_instance::WrittenVersions::default(),
         applied_releases: applied_releases.clone(),
-        applied_repositories: Default::default(),
+        applied_repositories: applied_repositories.clone(),
     });
     let ai_controller = Controller::new(
         controllers::application_instance::NAME,
@@ -333,8 +335,12 @@ async fn run(opts: Options) -> Result<ExitCode> {
         })
         .watches_shared(&namespaces, instances_in)
         // The repository's status is not an input of the plan: its cache is read when
-        // applying, and its changes reconcile nothing.
-        .watches_shared(&repositories, |_: &HelmRepository| None)
+        // applying, and its changes reconcile nothing (they only let the copy of the
+        // last apply go).
+        .watches_shared(&repositories, move |repo: &HelmRepository| {
+            applied_repositories.caught_up(repo);
+            None
+        })
         .ignore_primary_changes({
             let written = ai_ctx.written.clone();
             move |obj: &ApplicationInstance| written.is_own_write(obj)

@@ -164,7 +164,12 @@ impl LocalCluster {
                 "--allow-privileged=true".into(),
                 // One tenant, no contention to arbitrate: spare the two cores.
                 "--enable-priority-and-fairness=false".into(),
-                "--profiling=false".into(),
+                // `VWORKSPACE_APISERVER_PROFILING=1` serves /debug/pprof (see
+                // docs/benchmarks.md, "Where the API server's time goes").
+                format!(
+                    "--profiling={}",
+                    std::env::var_os("VWORKSPACE_APISERVER_PROFILING").is_some()
+                ),
             ],
         )?;
         self.write_kubeconfig(&self.kubeconfig.clone(), "vworkspace-admin", &pki.admin)?;

@@ -175,14 +175,37 @@ impl<C: kube::Resource<DynamicType = ()>> Applied<C> {
     /// this controller's own apply coming back: `new` is the state the last apply
     /// returned, or the child is new to the cache while an apply of it is in flight (its
     /// create, whose response has not been read yet).
+    ///
+    /// The watch calls it once the cache holds `new`, so it also drops the copy kept of
+    /// the last apply when `new` is at least as recent (see [`Applied::caught_up`]).
     pub fn is_own_write(&self, old: Option<&C>, new: &C) -> bool {
-        let applied = self.lock();
         let key = ObjectRef::from_obj(new);
-        let returned = applied.recent.get(&key).is_some_and(|recent| {
-            recent.meta().resource_version.is_some()
-                && recent.meta().resource_version == new.meta().resource_version
-        });
-        returned || (old.is_none() && applied.in_flight.contains_key(&key))
+        let own = {
+            let applied = self.lock();
+            let returned = applied.recent.get(&key).is_some_and(|recent| {
+                recent.meta().resource_version.is_some()
+                    && recent.meta().resource_version == new.meta().resource_version
+            });
+            returned || (old.is_none() && applied.in_flight.contains_key(&key))
+        };
+        self.caught_up(new);
+        own
+    }
+
+    /// The cache now holds `new`: the copy of the last apply is no longer needed once
+    /// the cache is at least as recent. Without this, a child whose instance is not
+    /// reconciled again would stay in memory twice.
+    pub fn caught_up(&self, new: &C) {
+        let version = |obj: &C| obj.meta().resource_version.as_deref()?.parse::<u64>().ok();
+        let key = ObjectRef::from_obj(new);
+        let mut applied = self.lock();
+        if applied
+            .recent
+            .get(&key)
+            .is_some_and(|recent| version(new) >= version(recent))
+        {
+            applied.recent.remove(&key);
+        }
     }
 
     fn forget(&self, namespace: Option<&str>, name: &str) {
@@ -702,5 +725,47 @@ fn conflict<C: Child>(meta: &ObjectMeta) -> Error {
         name: meta.name.clone().unwrap_or_default(),
         namespace: meta.namespace.clone().unwrap_or_default(),
         owner,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repo(rv: &str) -> HelmRepository {
+        let mut repo: HelmRepository = serde_json::from_value(serde_json::json!({
+            "apiVersion": "source.toolkit.fluxcd.io/v1",
+            "kind": "HelmRepository",
+            "metadata": { "name": "app", "namespace": "team" },
+            "spec": { "url": "https://charts.example.com" }
+        }))
+        .unwrap();
+        repo.metadata.resource_version = Some(rv.into());
+        repo
+    }
+
+    #[test]
+    fn the_copy_of_an_apply_goes_once_the_cache_is_as_recent() {
+        let applied = Applied::<HelmRepository>::default();
+        applied.record(repo("7"));
+        let key = ObjectRef::from_obj(&repo("7"));
+
+        // An older cached copy keeps the applied one.
+        applied.caught_up(&repo("6"));
+        let newest = applied.newest(&key, Some(Arc::new(repo("6"))));
+        assert_eq!(
+            newest.and_then(|r| r.metadata.resource_version.clone()),
+            Some("7".into())
+        );
+
+        // The watch delivering our own write: recognised, and the copy is dropped.
+        assert!(applied.is_own_write(Some(&repo("6")), &repo("7")));
+        assert!(applied.lock().recent.is_empty(), "copy dropped");
+        assert!(!applied.is_own_write(Some(&repo("7")), &repo("7")));
+
+        // A newer version than the apply also lets it go.
+        applied.record(repo("9"));
+        applied.caught_up(&repo("12"));
+        assert!(applied.lock().recent.is_empty());
     }
 }
