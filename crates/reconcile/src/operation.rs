@@ -20,7 +20,10 @@
 //!   reconcile: the status is written first, and the *next* reconcile checks the
 //!   preconditions again and only then creates the child (or, for `upgrade.helm`, sets the
 //!   chart version). Accepting is a claim others can see before any work is handed out,
-//!   which is what makes the mutating rule hold between concurrent Operations.
+//!   which is what makes the mutating rule hold between concurrent Operations. An
+//!   Operation the rule does not apply to (a Backup) needs no claim:
+//!   [`plan_through_acceptance`] makes both plans at once, so the controller accepts it
+//!   and hands out its work in one reconcile and one status write.
 //! * A precondition unmet → **Blocked**, the reason naming the precondition; Blocked is
 //!   re-evaluated (every [`BLOCKED_RECHECK`] and on any watched change) and proceeds when it
 //!   clears. An Accepted Operation whose preconditions fail before its child exists goes
@@ -66,8 +69,9 @@
 //!
 //! The rule depends only on the peers' persisted phases, reasons and creation order, so
 //! every Operation reaches the same verdict whichever is reconciled first. The
-//! controller should read the peers from a fresh list right before it carries out a
-//! create step, so that the Accepted claim of another Operation is seen.
+//! controller must plan a create step on peers at least as new as the Operation's own
+//! persisted claim (a cache that holds the claim, or a fresh list), so that the Accepted
+//! claim of another Operation persisted before it is seen.
 //!
 //! # Deadlines
 //!

@@ -1,11 +1,14 @@
 //! The Operation controller: I/O around the pure state machine in
 //! `vworkspace_reconcile::operation`.
 //!
-//! observe (the Operation from the cache when the cache holds our last status write,
-//! else a GET; its namespace, target, peers, children from label-selected shared caches
-//! merged with what our own applies returned) → validate (pure) → plan (pure) → carry out
-//! the one step → publish the plan's transitions → persist the status (server-side apply,
-//! field manager `vworkspace-operator`) → count the outcome.
+//! observe (the Operation from the cache when the cache holds our last status write;
+//! otherwise nothing is decided until the watch brings that write, whose event then
+//! reconciles it, or a GET after [`CACHE_WAIT`]; its namespace, target, peers, children
+//! from label-selected shared caches merged with what our own applies returned) →
+//! validate (pure) → plan (pure, [`machine::plan_through_acceptance`]: a Backup is
+//! accepted and handed out by one plan) → carry out the one step → publish the plan's
+//! transitions → persist the status (server-side apply, field manager
+//! `vworkspace-operator`) → count the outcome.
 //!
 //! Invariants:
 //! * the step comes first: a failed step writes nothing, and the unchanged inputs give the
@@ -13,8 +16,14 @@
 //!   records succeeded, so a recorded child that is absent really was lost;
 //! * "absent" is never decided from a cache that may lag behind our own create: every
 //!   child an apply returned is kept ([`Applied`]) until the cache has caught up;
-//! * a mutating Operation about to hand out work re-plans on a fresh LIST of the
-//!   namespace's Operations, so another Operation's Accepted claim is always seen;
+//! * a mutating Operation hands out work only on a view of the namespace's Operations at
+//!   least as new as its own Accepted claim, so every claim persisted before it is seen:
+//!   the cache, when the Operation was decided on the cache (its claim is in it, and one
+//!   watch delivers every earlier change first), else a fresh LIST;
+//! * a Backup accepted and handed out in one reconcile whose hand-out fails persists the
+//!   acceptance alone ([`machine::Chained::claim`]) before the error is retried or
+//!   reported, so `OperationAccepted` is announced and recorded as when it was a
+//!   reconcile of its own;
 //! * a child outside the Operation's namespace (Velero's) exists only while the
 //!   Operation carries [`FINALIZER`]: the finalizer is added before the first create, and
 //!   removed only after every child labelled with the Operation's uid was deleted;
