@@ -535,7 +535,8 @@ impl OpResults {
         let _ = writeln!(s, "|---|---|---|");
         let _ = writeln!(
             s,
-            "| 1,000 instances Ready (before the Operations) | {} | — |",
+            "| {} instances Ready (before the Operations) | {} | — |",
+            o.instances,
             m.instances_ready
                 .map_or_else(|| "not reached".to_owned(), secs)
         );
@@ -635,5 +636,16 @@ mod tests {
         let replaced = std::fs::read_to_string(&path).unwrap_or_default();
         assert_eq!(replaced, "# B\n\n## Operations\n\nnew\n\n## Later\n\ny\n");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+    #[test]
+    fn flags_parse() {
+        let o = OpOptions::parse(&["--operations=20", "--operator-bin", "/tmp/op", "--no-doc"])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(o.operations, 20);
+        assert_eq!(o.operator_bin.as_deref(), Some(Path::new("/tmp/op")));
+        assert!(!o.write_doc);
+        assert!(OpOptions::parse(&["--operator-bin"]).is_err());
+        assert!(OpOptions::parse(&["--operations", "0"]).is_err());
+        assert!(OpOptions::parse(&["--operations", "20", "--instances", "10"]).is_err());
     }
 }
