@@ -20,10 +20,10 @@
 //!   least as new as its own Accepted claim, so every claim persisted before it is seen:
 //!   the cache, when the Operation was decided on the cache (its claim is in it, and one
 //!   watch delivers every earlier change first), else a fresh LIST;
-//! * a Backup accepted and handed out in one reconcile whose hand-out fails persists the
-//!   acceptance alone ([`machine::Chained::claim`]) before the error is retried or
-//!   reported, so `OperationAccepted` is announced and recorded as when it was a
-//!   reconcile of its own;
+//! * a Backup accepted and handed out in one reconcile announces the acceptance before
+//!   the create, as a reconcile of its own would; when the create fails, the acceptance
+//!   alone ([`machine::Chained::claim`]) is recorded before the error is retried or
+//!   reported (a crash in between announces it again, under the same id);
 //! * a child outside the Operation's namespace (Velero's) exists only while the
 //!   Operation carries [`FINALIZER`]: the finalizer is added before the first create, and
 //!   removed only after every child labelled with the Operation's uid was deleted;
@@ -64,6 +64,7 @@ use vworkspace_api::operation::{
 };
 use vworkspace_api::thirdparty::flux::HelmRelease;
 use vworkspace_api::thirdparty::{Backup, ReplicationSource, Restore, VolumeSnapshot, Workflow};
+use vworkspace_api::transition::TransitionRecord;
 use vworkspace_reconcile::catalog::{self, Catalog};
 use vworkspace_reconcile::engines::{Child, Stop, snapshot};
 use vworkspace_reconcile::operation::{
@@ -528,6 +529,16 @@ async fn reconcile_operation(cached: &Operation, ctx: &Context) -> Result<Action
         chained = machine::plan_through_acceptance(&valid, &prev, &world);
     }
     let machine::Chained { mut plan, claim } = chained;
+    // Accepted and handed out in one reconcile: the acceptance is announced first, as it
+    // would be by a reconcile of its own ("child creation imminent"); a crash before the
+    // status write announces it again under the same id.
+    let announced = match &claim {
+        Some(claim) => {
+            publish(ctx, obj, &claim.transitions).await;
+            claim.transitions.len()
+        }
+        None => 0,
+    };
 
     let action = match carry_out(ctx, &api, obj, &valid, &prev, &plan.step).await {
         Ok(action) => action,
@@ -543,7 +554,8 @@ async fn reconcile_operation(cached: &Operation, ctx: &Context) -> Result<Action
             };
             tracing::error!(error = %message, "the child was rejected");
             plan = match &claim {
-                // Accepted and refused in one reconcile: both are announced.
+                // Accepted and refused in one reconcile: the failure follows the
+                // acceptance, as it would have in a reconcile of its own.
                 Some(claim) => {
                     let mut failed =
                         machine::plan_child_create_failed(&valid, &claim.status, &message, &now);
@@ -559,10 +571,12 @@ async fn reconcile_operation(cached: &Operation, ctx: &Context) -> Result<Action
         }
         Err(err) => {
             if let Some(claim) = &claim {
-                // The hand-out failed (it is retried): the acceptance still is announced
-                // and recorded, as if it had been a reconcile of its own.
-                if let Err(persist_err) = persist(ctx, &api, obj, claim, Some(&valid)).await {
-                    tracing::warn!(error = %persist_err, "cannot record the acceptance");
+                // The hand-out failed (it is retried): the acceptance announced above is
+                // recorded, as if it had been a reconcile of its own.
+                if let Err(write_err) =
+                    persist_after(ctx, &api, obj, claim, Some(&valid), announced).await
+                {
+                    tracing::warn!(error = %write_err, "cannot record the acceptance");
                 }
             }
             return Err(err);
@@ -571,7 +585,7 @@ async fn reconcile_operation(cached: &Operation, ctx: &Context) -> Result<Action
     if plan.step == Step::DeleteChildren {
         return Ok(Action::Done);
     }
-    persist(ctx, &api, obj, &plan, Some(&valid)).await?;
+    persist_after(ctx, &api, obj, &plan, Some(&valid), announced).await?;
     Ok(action)
 }
 
@@ -669,7 +683,12 @@ async fn persist(
     plan: &Plan,
     valid: Option<&ValidOperation>,
 ) -> Result<(), Error> {
-    for record in &plan.transitions {
+    persist_after(ctx, api, obj, plan, valid, 0).await
+}
+
+/// Publish `records` (Event and audit event each).
+async fn publish(ctx: &Context, obj: &Operation, records: &[TransitionRecord]) {
+    for record in records {
         ctx.publisher
             .publish(
                 obj,
@@ -682,6 +701,24 @@ async fn persist(
             )
             .await;
     }
+}
+
+/// [`persist`], when the first `announced` of the plan's transitions were published
+/// already.
+async fn persist_after(
+    ctx: &Context,
+    api: &Api<Operation>,
+    obj: &Operation,
+    plan: &Plan,
+    valid: Option<&ValidOperation>,
+    announced: usize,
+) -> Result<(), Error> {
+    publish(
+        ctx,
+        obj,
+        plan.transitions.get(announced..).unwrap_or_default(),
+    )
+    .await;
     if !plan.changed {
         return Ok(());
     }
