@@ -855,6 +855,133 @@ async fn deny_operation_updates(env: &TestEnv, ns: &str) -> Result<String> {
     Ok(name)
 }
 
+/// Make the API server refuse (422) every create of a Velero Backup in `ns`, and wait
+/// until the policy is in force. Scoped to `ns` by the binding, so concurrent tests are
+/// not affected. Returns the policy's name.
+async fn deny_backup_creates(env: &TestEnv, ns: &str) -> Result<String> {
+    use k8s_openapi::api::admissionregistration::v1::{
+        ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+    };
+    let name = format!("vws-deny-backups-{ns}");
+    Api::<ValidatingAdmissionPolicy>::all(env.client.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": { "name": name },
+                "spec": {
+                    "failurePolicy": "Fail",
+                    "matchConstraints": { "resourceRules": [{
+                        "apiGroups": ["velero.io"], "apiVersions": ["v1"],
+                        "operations": ["CREATE"], "resources": ["backups"]
+                    }]},
+                    "validations": [{
+                        "expression": "false",
+                        "message": "Backups are refused here by the test"
+                    }]
+                }
+            }))?,
+        )
+        .await?;
+    Api::<ValidatingAdmissionPolicyBinding>::all(env.client.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": { "name": name },
+                "spec": {
+                    "policyName": name,
+                    "validationActions": ["Deny"],
+                    "matchResources": { "namespaceSelector": { "matchLabels": { "kubernetes.io/metadata.name": ns } } }
+                }
+            }))?,
+        )
+        .await?;
+    let backups: Api<Backup> = Api::namespaced(env.client.clone(), ns);
+    poll_until(LIMIT, "the admission policy to refuse Backups", || async {
+        let probe: Backup = serde_json::from_value(json!({
+            "apiVersion": "velero.io/v1",
+            "kind": "Backup",
+            "metadata": { "name": "probe" },
+            "spec": { "includedNamespaces": ["x"] },
+        }))
+        .ok()?;
+        match backups.create(&PostParams::default(), &probe).await {
+            Err(kube::Error::Api(ref s)) if s.code == 422 || s.code == 403 => Some(()),
+            Ok(_) => {
+                let _ = backups.delete("probe", &DeleteParams::default()).await;
+                None
+            }
+            Err(_) => None,
+        }
+    })
+    .await?;
+    Ok(name)
+}
+
+/// A Backup is accepted and handed out in one reconcile; when the API server refuses its
+/// child for good, both the acceptance and the failure are announced (one Event and one
+/// audit event each), the Operation ends Failed/ChildCreateFailed with the server's
+/// words, and it is counted once.
+#[tokio::test]
+async fn a_backup_refused_at_its_create_is_accepted_then_failed() -> Result<()> {
+    let s = setup("oprej", "backup.velero", true).await?;
+    let velero_ns = s.env.fresh_unmanaged_namespace("velero").await?;
+    let policy = deny_backup_creates(&s.env, &velero_ns).await?;
+    let created = create_operation(
+        &s.env,
+        &s.ns,
+        "refused",
+        "Backup",
+        "backup.velero",
+        json!({ "parameters": { "veleroNamespace": velero_ns } }),
+    )
+    .await?;
+    let uid = created.uid().context("uid")?;
+    let failed = wait_phase(&s.env, &s.ns, "refused", OperationPhase::Failed).await;
+    remove_policy(&s.env, &policy).await;
+    let failed = failed?;
+    let status = failed.status.clone().context("status")?;
+    assert_eq!(status.reason.as_deref(), Some("ChildCreateFailed"));
+    let message = status.message.clone().unwrap_or_default();
+    assert!(
+        message.contains("Backups are refused here by the test"),
+        "the server's words: {message}"
+    );
+    assert!(status.started_at.is_some(), "it was accepted: {status:?}");
+    let got = wait_events(
+        &s.env,
+        &s.ns,
+        "refused",
+        &["OperationAccepted", "OperationFailed"],
+    )
+    .await?;
+    assert!(got[1].1.contains("refused here"), "{got:?}");
+    let audit = poll_until(LIMIT, "two audit events", || async {
+        let audit = audit_of(&s.op, &uid).ok()?;
+        (audit.len() >= 2).then_some(audit)
+    })
+    .await?;
+    let kinds: Vec<&str> = audit.iter().filter_map(|e| e["kind"].as_str()).collect();
+    assert_eq!(kinds, ["OperationAccepted", "OperationFailed"]);
+    for record in &status.transitions {
+        let id = record.event_id(common::CLUSTER_ID, &uid);
+        assert!(
+            audit.iter().any(|e| e["event_id"] == id.as_str()),
+            "recorded {record:?} was published with id {id}"
+        );
+    }
+    assert_eq!(
+        operation_total(&s.op, "Backup", "velero", "failed").await?,
+        1.0
+    );
+    let backups: Api<Backup> = Api::namespaced(s.env.client.clone(), &velero_ns);
+    assert!(
+        backups.list(&ListParams::default()).await?.items.is_empty(),
+        "no Backup was created"
+    );
+    delete_operations(&s.env, &s.ns).await?;
+    Ok(())
+}
+
 async fn remove_policy(env: &TestEnv, name: &str) {
     use k8s_openapi::api::admissionregistration::v1::{
         ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,

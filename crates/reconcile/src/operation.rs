@@ -20,7 +20,10 @@
 //!   reconcile: the status is written first, and the *next* reconcile checks the
 //!   preconditions again and only then creates the child (or, for `upgrade.helm`, sets the
 //!   chart version). Accepting is a claim others can see before any work is handed out,
-//!   which is what makes the mutating rule hold between concurrent Operations.
+//!   which is what makes the mutating rule hold between concurrent Operations. An
+//!   Operation the rule does not apply to (a Backup) needs no claim:
+//!   [`plan_through_acceptance`] makes both plans at once, so the controller accepts it
+//!   and hands out its work in one reconcile and one status write.
 //! * A precondition unmet → **Blocked**, the reason naming the precondition; Blocked is
 //!   re-evaluated (every [`BLOCKED_RECHECK`] and on any watched change) and proceeds when it
 //!   clears. An Accepted Operation whose preconditions fail before its child exists goes
@@ -66,8 +69,9 @@
 //!
 //! The rule depends only on the peers' persisted phases, reasons and creation order, so
 //! every Operation reaches the same verdict whichever is reconciled first. The
-//! controller should read the peers from a fresh list right before it carries out a
-//! create step, so that the Accepted claim of another Operation is seen.
+//! controller must plan a create step on peers at least as new as the Operation's own
+//! persisted claim (a cache that holds the claim, or a fresh list), so that the Accepted
+//! claim of another Operation persisted before it is seen.
 //!
 //! # Deadlines
 //!
@@ -873,6 +877,63 @@ pub fn plan(op: &ValidOperation, prev: &OperationStatus, world: &World) -> Plan 
         start(&mut next, world)
     };
     next.finish(step)
+}
+
+/// [`plan`] carried through the acceptance of an Operation that does not mutate the
+/// application; see [`plan_through_acceptance`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Chained {
+    /// The plan to carry out.
+    pub plan: Plan,
+    /// When `plan` accepts *and* hands out work: the acceptance alone (the first plan),
+    /// to persist instead when the hand-out step fails, so the acceptance is announced
+    /// and recorded like any other transition while the step is retried.
+    pub claim: Option<Plan>,
+}
+
+/// [`plan`], and when that plan only accepts an Operation that does not mutate the
+/// application (the Accepted claim only matters to the mutating rule, which such an
+/// Operation neither obeys nor holds up), also the plan the next reconcile would make on
+/// the accepted status: the hand-out. The result has the hand-out's step and status and
+/// the transitions of both, in order, so one reconcile and one status write accept and
+/// start a Backup. Mutating Operations, and every plan that is not an acceptance, are
+/// [`plan`] unchanged: for them the claim is written before any work is handed out.
+pub fn plan_through_acceptance(
+    op: &ValidOperation,
+    prev: &OperationStatus,
+    world: &World,
+) -> Chained {
+    let first = plan(op, prev, world);
+    let accepts = first.status.phase == Some(OperationPhase::Accepted)
+        && prev.phase != Some(OperationPhase::Accepted)
+        && first.step
+            == Step::Wait {
+                requeue_after: Some(Duration::ZERO),
+            };
+    if op.mutates() || !accepts {
+        return Chained {
+            plan: first,
+            claim: None,
+        };
+    }
+    let second = plan(op, &first.status, world);
+    let mut transitions = first.transitions.clone();
+    transitions.extend(second.transitions.iter().cloned());
+    let hands_out = matches!(
+        second.step,
+        Step::CreateChildren(_) | Step::PatchTarget { .. }
+    );
+    let combined = Plan {
+        changed: second.status != *prev,
+        status: second.status,
+        step: second.step,
+        outcome: first.outcome.or(second.outcome),
+        transitions,
+    };
+    Chained {
+        plan: combined,
+        claim: hands_out.then_some(first),
+    }
 }
 
 fn unchanged(prev: &OperationStatus, step: Step) -> Plan {

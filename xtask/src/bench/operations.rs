@@ -44,6 +44,9 @@ const USAGE: &str = "\
   --instances I    ApplicationInstances present (each Operation targets its own) [1000]
   --workers W      the operator's --max-concurrent-reconciles [4]
   --timeout S      give up after S seconds of waiting for the Operations [600]
+  --operator-bin PATH
+                   run this operator binary instead of building the release one
+                   (request counts do not depend on the build; its RSS does)
   --no-doc         print the results only; leave docs/benchmarks.md alone";
 
 /// Heading of the section this benchmark writes.
@@ -61,6 +64,7 @@ struct OpOptions {
     workers: usize,
     timeout: Duration,
     write_doc: bool,
+    operator_bin: Option<std::path::PathBuf>,
     command: String,
 }
 
@@ -73,6 +77,7 @@ impl OpOptions {
             workers: 4,
             timeout: Duration::from_secs(600),
             write_doc: true,
+            operator_bin: None,
             command: std::iter::once("cargo xtask bench operations")
                 .chain(args.iter().copied())
                 .collect::<Vec<_>>()
@@ -94,6 +99,10 @@ impl OpOptions {
                     .next()
                     .with_context(|| format!("{flag} needs a value\n\n{USAGE}"))?,
             };
+            if flag == "--operator-bin" {
+                o.operator_bin = Some(value.into());
+                continue;
+            }
             let n: usize = value
                 .parse()
                 .ok()
@@ -143,7 +152,12 @@ pub async fn run(args: &[&str]) -> Result<ExitCode> {
         .canonicalize()
         .context("locating the workspace root")?;
     let bins = K8sBinaries::ensure()?;
-    let binary = build_operator(&root).await?;
+    let binary = match &opts.operator_bin {
+        Some(path) => path
+            .canonicalize()
+            .with_context(|| format!("--operator-bin {}", path.display()))?,
+        None => build_operator(&root).await?,
+    };
     let load_before = load_average();
     let dir = binaries::cache_root()?
         .join("bench-runs")
@@ -521,7 +535,8 @@ impl OpResults {
         let _ = writeln!(s, "|---|---|---|");
         let _ = writeln!(
             s,
-            "| 1,000 instances Ready (before the Operations) | {} | — |",
+            "| {} instances Ready (before the Operations) | {} | — |",
+            o.instances,
             m.instances_ready
                 .map_or_else(|| "not reached".to_owned(), secs)
         );
@@ -621,5 +636,16 @@ mod tests {
         let replaced = std::fs::read_to_string(&path).unwrap_or_default();
         assert_eq!(replaced, "# B\n\n## Operations\n\nnew\n\n## Later\n\ny\n");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+    #[test]
+    fn flags_parse() {
+        let o = OpOptions::parse(&["--operations=20", "--operator-bin", "/tmp/op", "--no-doc"])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(o.operations, 20);
+        assert_eq!(o.operator_bin.as_deref(), Some(Path::new("/tmp/op")));
+        assert!(!o.write_doc);
+        assert!(OpOptions::parse(&["--operator-bin"]).is_err());
+        assert!(OpOptions::parse(&["--operations", "0"]).is_err());
+        assert!(OpOptions::parse(&["--operations", "20", "--instances", "10"]).is_err());
     }
 }

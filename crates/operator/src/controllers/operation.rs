@@ -1,11 +1,14 @@
 //! The Operation controller: I/O around the pure state machine in
 //! `vworkspace_reconcile::operation`.
 //!
-//! observe (the Operation from the cache when the cache holds our last status write,
-//! else a GET; its namespace, target, peers, children from label-selected shared caches
-//! merged with what our own applies returned) → validate (pure) → plan (pure) → carry out
-//! the one step → publish the plan's transitions → persist the status (server-side apply,
-//! field manager `vworkspace-operator`) → count the outcome.
+//! observe (the Operation from the cache when the cache holds our last status write;
+//! otherwise nothing is decided until the watch brings that write, whose event then
+//! reconciles it, or a GET after [`CACHE_WAIT`]; its namespace, target, peers, children
+//! from label-selected shared caches merged with what our own applies returned) →
+//! validate (pure) → plan (pure, [`machine::plan_through_acceptance`]: a Backup is
+//! accepted and handed out by one plan) → carry out the one step → publish the plan's
+//! transitions → persist the status (server-side apply, field manager
+//! `vworkspace-operator`) → count the outcome.
 //!
 //! Invariants:
 //! * the step comes first: a failed step writes nothing, and the unchanged inputs give the
@@ -13,8 +16,14 @@
 //!   records succeeded, so a recorded child that is absent really was lost;
 //! * "absent" is never decided from a cache that may lag behind our own create: every
 //!   child an apply returned is kept ([`Applied`]) until the cache has caught up;
-//! * a mutating Operation about to hand out work re-plans on a fresh LIST of the
-//!   namespace's Operations, so another Operation's Accepted claim is always seen;
+//! * a mutating Operation hands out work only on a view of the namespace's Operations at
+//!   least as new as its own Accepted claim, so every claim persisted before it is seen:
+//!   the cache, when the Operation was decided on the cache (its claim is in it, and one
+//!   watch delivers every earlier change first), else a fresh LIST;
+//! * a Backup accepted and handed out in one reconcile announces the acceptance before
+//!   the create, as a reconcile of its own would; when the create fails, the acceptance
+//!   alone ([`machine::Chained::claim`]) is recorded before the error is retried or
+//!   reported (a crash in between announces it again, under the same id);
 //! * a child outside the Operation's namespace (Velero's) exists only while the
 //!   Operation carries [`FINALIZER`]: the finalizer is added before the first create, and
 //!   removed only after every child labelled with the Operation's uid was deleted;
@@ -55,6 +64,7 @@ use vworkspace_api::operation::{
 };
 use vworkspace_api::thirdparty::flux::HelmRelease;
 use vworkspace_api::thirdparty::{Backup, ReplicationSource, Restore, VolumeSnapshot, Workflow};
+use vworkspace_api::transition::TransitionRecord;
 use vworkspace_reconcile::catalog::{self, Catalog};
 use vworkspace_reconcile::engines::{Child, Stop, snapshot};
 use vworkspace_reconcile::operation::{
@@ -468,22 +478,14 @@ fn is_terminal(op: &Operation) -> bool {
 
 async fn reconcile_operation(cached: &Operation, ctx: &Context) -> Result<Action, Error> {
     let namespace = cached.namespace().unwrap_or_default();
-    let name = cached.name_any();
     let api: Api<Operation> = Api::namespaced(ctx.client.clone(), &namespace);
-    let fresh;
-    let obj = if ctx.written.is_current(cached) {
-        cached
-    } else {
-        let Some(obj) = api
-            .get_opt(&name)
-            .await
-            .map_err(|e| Error::Read("the Operation", e))?
-        else {
-            return Ok(Action::Done);
-        };
-        fresh = obj;
-        &fresh
+    let current = match current_object(ctx, &api, cached).await? {
+        Look::Decide(current) => current,
+        // The write's watch event reconciles it; this is the bound.
+        Look::Wait(left) => return Ok(Action::RequeueAfter(left)),
+        Look::Gone => return Ok(Action::Done),
     };
+    let obj = current.object();
     let now = Time(Timestamp::now());
     let prev = obj.status.clone().unwrap_or_default();
     let first_look = prev.catalog_revision.is_none()
@@ -511,17 +513,32 @@ async fn reconcile_operation(cached: &Operation, ctx: &Context) -> Result<Action
     tracing::debug!(phase = ?prev.phase, "reconcile started");
 
     let mut world = observe(ctx, &valid, &prev, now.clone()).await?;
-    let mut plan = machine::plan(&valid, &prev, &world);
+    let mut chained = machine::plan_through_acceptance(&valid, &prev, &world);
     if valid.mutates()
+        && !current.is_cached()
         && matches!(
-            plan.step,
+            chained.plan.step,
             Step::CreateChildren(_) | Step::PatchTarget { .. }
         )
     {
-        // About to hand out work: decide on the peers' persisted claims, not the cache's.
+        // About to hand out work on an Operation read fresh: the cache may lack claims
+        // that peers persisted before ours, so decide on a fresh list of them. (Decided on
+        // the cache, our own Accepted claim is in it, and with it every earlier write of
+        // the namespace's Operations: one watch delivers them in order.)
         world.peers = list_peers(&ctx.client, &namespace).await?;
-        plan = machine::plan(&valid, &prev, &world);
+        chained = machine::plan_through_acceptance(&valid, &prev, &world);
     }
+    let machine::Chained { mut plan, claim } = chained;
+    // Accepted and handed out in one reconcile: the acceptance is announced first, as it
+    // would be by a reconcile of its own ("child creation imminent"); a crash before the
+    // status write announces it again under the same id.
+    let announced = match &claim {
+        Some(claim) => {
+            publish(ctx, obj, &claim.transitions).await;
+            claim.transitions.len()
+        }
+        None => 0,
+    };
 
     let action = match carry_out(ctx, &api, obj, &valid, &prev, &plan.step).await {
         Ok(action) => action,
@@ -536,16 +553,125 @@ async fn reconcile_operation(cached: &Operation, ctx: &Context) -> Result<Action
                 other => other.to_string(),
             };
             tracing::error!(error = %message, "the child was rejected");
-            plan = machine::plan_child_create_failed(&valid, &prev, &message, &now);
+            plan = match &claim {
+                // Accepted and refused in one reconcile: the failure follows the
+                // acceptance, as it would have in a reconcile of its own.
+                Some(claim) => {
+                    let mut failed =
+                        machine::plan_child_create_failed(&valid, &claim.status, &message, &now);
+                    let mut transitions = claim.transitions.clone();
+                    transitions.append(&mut failed.transitions);
+                    failed.transitions = transitions;
+                    failed.changed = failed.status != prev;
+                    failed
+                }
+                None => machine::plan_child_create_failed(&valid, &prev, &message, &now),
+            };
             Action::Done
         }
-        Err(err) => return Err(err),
+        Err(err) => {
+            if let Some(claim) = &claim {
+                // The hand-out failed (it is retried): the acceptance announced above is
+                // recorded, as if it had been a reconcile of its own.
+                if let Err(write_err) =
+                    persist_after(ctx, &api, obj, claim, Some(&valid), announced).await
+                {
+                    tracing::warn!(error = %write_err, "cannot record the acceptance");
+                }
+            }
+            return Err(err);
+        }
     };
     if plan.step == Step::DeleteChildren {
         return Ok(Action::Done);
     }
-    persist(ctx, &api, obj, &plan, Some(&valid)).await?;
+    persist_after(ctx, &api, obj, &plan, Some(&valid), announced).await?;
     Ok(action)
+}
+
+/// How long a reconcile that found the cached Operation older than our own last status
+/// write waits for the watch to bring that write before it reads the Operation instead.
+/// The write's watch event reconciles it as soon as it arrives (normally milliseconds);
+/// this bound only matters when the watch is slow or down.
+const CACHE_WAIT: Duration = Duration::from_secs(5);
+
+/// The Operation a reconcile decides on.
+enum Current<'a> {
+    /// The cached copy, which holds our last status write (the worker's, or the store's
+    /// newer one).
+    Cached(&'a Operation),
+    /// The store's copy, newer than the worker's.
+    Store(Arc<Operation>),
+    /// Read fresh from the API server.
+    Fresh(Box<Operation>),
+}
+
+impl Current<'_> {
+    fn object(&self) -> &Operation {
+        match self {
+            Current::Cached(obj) => obj,
+            Current::Store(obj) => obj,
+            Current::Fresh(obj) => obj,
+        }
+    }
+
+    /// Decided on the controller's cache: every write of the Operations' watch up to
+    /// this object's resourceVersion is in the cache too.
+    fn is_cached(&self) -> bool {
+        !matches!(self, Current::Fresh(_))
+    }
+}
+
+/// What [`current_object`] found.
+enum Look<'a> {
+    /// Decide on this copy.
+    Decide(Current<'a>),
+    /// Decide nothing yet: the watch has not brought our last write; look again at the
+    /// latest after this long.
+    Wait(Duration),
+    /// The Operation no longer exists.
+    Gone,
+}
+
+/// A copy of the Operation at least as new as our last status write of it, so that a
+/// plan never recomputes what was already announced and written: the cached one when it
+/// is; otherwise nothing while the watch has not brought the write yet (the write's watch
+/// event then reconciles it again, see [`WrittenVersions::await_cache`]), and a GET once
+/// that took longer than [`CACHE_WAIT`].
+async fn current_object<'a>(
+    ctx: &Context,
+    api: &Api<Operation>,
+    cached: &'a Operation,
+) -> Result<Look<'a>, Error> {
+    let key = ObjectRef::from_obj(cached);
+    if ctx.written.is_current(cached) {
+        ctx.written.caught_up(&key);
+        return Ok(Look::Decide(Current::Cached(cached)));
+    }
+    let waited = ctx.written.await_cache(cached);
+    // The watch may have brought the write since the worker took its copy (the mark
+    // above is set first, so an event applied after this read is not ignored).
+    if let Some(stored) = ctx.operations.get(&key)
+        && ctx.written.is_current(&stored)
+    {
+        ctx.written.caught_up(&key);
+        return Ok(Look::Decide(Current::Store(stored)));
+    }
+    if waited < CACHE_WAIT {
+        tracing::debug!(
+            waited_ms = waited.as_millis(),
+            "the cache lacks our last status write; waiting for the watch"
+        );
+        return Ok(Look::Wait(CACHE_WAIT - waited));
+    }
+    let fresh = api
+        .get_opt(&cached.name_any())
+        .await
+        .map_err(|e| Error::Read("the Operation", e))?;
+    ctx.written.caught_up(&key);
+    Ok(fresh.map_or(Look::Gone, |obj| {
+        Look::Decide(Current::Fresh(Box::new(obj)))
+    }))
 }
 
 /// Publish the plan's transitions, persist its status, and count its outcome once the
@@ -557,7 +683,12 @@ async fn persist(
     plan: &Plan,
     valid: Option<&ValidOperation>,
 ) -> Result<(), Error> {
-    for record in &plan.transitions {
+    persist_after(ctx, api, obj, plan, valid, 0).await
+}
+
+/// Publish `records` (Event and audit event each).
+async fn publish(ctx: &Context, obj: &Operation, records: &[TransitionRecord]) {
+    for record in records {
         ctx.publisher
             .publish(
                 obj,
@@ -570,6 +701,24 @@ async fn persist(
             )
             .await;
     }
+}
+
+/// [`persist`], when the first `announced` of the plan's transitions were published
+/// already.
+async fn persist_after(
+    ctx: &Context,
+    api: &Api<Operation>,
+    obj: &Operation,
+    plan: &Plan,
+    valid: Option<&ValidOperation>,
+    announced: usize,
+) -> Result<(), Error> {
+    publish(
+        ctx,
+        obj,
+        plan.transitions.get(announced..).unwrap_or_default(),
+    )
+    .await;
     if !plan.changed {
         return Ok(());
     }

@@ -6,12 +6,15 @@
 //! is in flight (the watch can be quicker than the write's response) and shows exactly
 //! the object the write produces is that write, too; and a cached object older than the
 //! last write is stale (the watch has not delivered the write yet), so the reconcile
-//! reads the object fresh instead of deciding on the old status. resourceVersions are
+//! reads the object fresh instead of deciding on the old status — or, for a controller
+//! that would rather wait than read ([`WrittenVersions::await_cache`]), lets the watch
+//! event of that write reconcile the object once it arrives. resourceVersions are
 //! compared as numbers — they are etcd revisions on every API server this runs on; one
 //! that is not a number is never trusted and leads to a GET.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use kube::Resource;
 use kube::runtime::reflector::ObjectRef;
@@ -28,6 +31,10 @@ struct State<K: Resource<DynamicType = ()>> {
     /// What each in-flight status write will make the object look like, by
     /// [`fingerprint`].
     in_flight: HashMap<ObjectRef<K>, Vec<Value>>,
+    /// Objects whose cached copy a reconcile found older than the last write, with when
+    /// it first did: the watch event of that write is what they wait for, so it is not
+    /// ignored as the controller's own.
+    awaited: HashMap<ObjectRef<K>, Instant>,
 }
 
 impl<K: Resource<DynamicType = ()>> Default for State<K> {
@@ -35,6 +42,7 @@ impl<K: Resource<DynamicType = ()>> Default for State<K> {
         Self {
             versions: HashMap::new(),
             in_flight: HashMap::new(),
+            awaited: HashMap::new(),
         }
     }
 }
@@ -130,14 +138,40 @@ impl<K: Resource<DynamicType = ()> + Serialize> WrittenVersions<K> {
     }
 
     pub(crate) fn forget(&self, key: &ObjectRef<K>) {
-        self.lock().versions.remove(key);
+        let mut state = self.lock();
+        state.versions.remove(key);
+        state.awaited.remove(key);
+    }
+
+    /// The cached `obj` is older than the last write and the reconcile waits for the
+    /// watch instead of reading it: until [`caught_up`](Self::caught_up), the object's
+    /// watch events (its own write's included) reconcile it. Returns how long reconciles
+    /// of it have been waiting.
+    pub(crate) fn await_cache(&self, obj: &K) -> Duration {
+        let now = Instant::now();
+        let since = *self
+            .lock()
+            .awaited
+            .entry(ObjectRef::from_obj(obj))
+            .or_insert(now);
+        now.saturating_duration_since(since)
+    }
+
+    /// A reconcile decides on a current copy of the object: its own writes' watch events
+    /// are ignored again.
+    pub(crate) fn caught_up(&self, key: &ObjectRef<K>) {
+        self.lock().awaited.remove(key);
     }
 
     /// The watch event of `obj` is the controller's own status write: the last one's
-    /// resourceVersion, or the object an in-flight write produces.
+    /// resourceVersion, or the object an in-flight write produces — unless a reconcile
+    /// waits for that write to reach the cache ([`await_cache`](Self::await_cache)).
     pub fn is_own_write(&self, obj: &K) -> bool {
         let key = ObjectRef::from_obj(obj);
         let state = self.lock();
+        if state.awaited.contains_key(&key) {
+            return false;
+        }
         let written = state.versions.get(&key).copied();
         if written.is_some() && written == version_of(obj) {
             return true;
@@ -192,5 +226,31 @@ mod tests {
         );
         assert!(written.is_current(&object("7", "x")));
         assert!(!written.is_current(&object("6", "x")));
+    }
+
+    #[test]
+    fn an_awaited_write_is_not_ignored_until_the_cache_caught_up() {
+        let written = WrittenVersions::<Namespace>::default();
+        written.record(&object("7", "new"));
+        let stale = object("6", "old");
+        assert!(!written.is_current(&stale));
+        let first = written.await_cache(&stale);
+        assert!(
+            !written.is_own_write(&object("7", "new")),
+            "the write's event is what the reconcile waits for"
+        );
+        assert!(
+            written.await_cache(&stale) >= first,
+            "the wait is counted from the first reconcile that began it"
+        );
+        written.caught_up(&ObjectRef::from_obj(&stale));
+        assert!(written.is_own_write(&object("7", "new")));
+        written.await_cache(&stale);
+        written.forget(&ObjectRef::from_obj(&stale));
+        written.record(&object("9", "newer"));
+        assert!(
+            written.is_own_write(&object("9", "newer")),
+            "forgetting the object ends its wait"
+        );
     }
 }

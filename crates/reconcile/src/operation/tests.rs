@@ -1618,3 +1618,111 @@ fn the_catalog_revision_is_fixed_by_the_plan_that_hands_out_work() {
     let p = plan(&under(&catalog("15", "c:3")), &started, &w);
     assert_eq!(p.status.catalog_revision.as_deref(), Some("12"));
 }
+
+#[test]
+fn a_backup_is_accepted_and_handed_out_in_one_plan_with_the_two_step_ids() {
+    let op = valid(&backup_op());
+    let w = world(T0);
+    let pending = OperationStatus::default();
+    let chained = plan_through_acceptance(&op, &pending, &w);
+
+    // What two reconciles make of it, one after the other.
+    let claim = plan(&op, &pending, &w);
+    let hand_out = plan(&op, &claim.status, &w);
+    assert!(matches!(hand_out.step, Step::CreateChildren(_)));
+
+    assert_eq!(chained.plan.step, hand_out.step, "the hand-out's step");
+    assert_eq!(
+        chained.plan.status, hand_out.status,
+        "the hand-out's status"
+    );
+    assert_eq!(chained.plan.status.phase, Some(OperationPhase::Accepted));
+    assert!(chained.plan.status.child_ref.is_some());
+    assert!(chained.plan.changed);
+    assert_eq!(chained.plan.outcome, None);
+    let kinds: Vec<&str> = chained
+        .plan
+        .transitions
+        .iter()
+        .map(|t| t.kind.as_str())
+        .collect();
+    assert_eq!(kinds, [events::OPERATION_ACCEPTED]);
+    assert_eq!(
+        chained.plan.transitions, claim.transitions,
+        "the same records, so the same event ids, as when accepted alone"
+    );
+    assert_eq!(
+        chained.claim.as_ref(),
+        Some(&claim),
+        "the acceptance alone, for a failed hand-out"
+    );
+}
+
+#[test]
+fn only_a_non_mutating_acceptance_is_carried_through() {
+    let w = world(T0);
+    let pending = OperationStatus::default();
+    // A mutating Operation claims first; the hand-out waits for the next reconcile.
+    let upgrade = valid(&operation(
+        "up",
+        OperationType::Upgrade,
+        "upgrade.helm",
+        json!({"version": "1.3.0"}),
+    ));
+    let chained = plan_through_acceptance(&upgrade, &pending, &w);
+    assert_eq!(chained.plan, plan(&upgrade, &pending, &w));
+    assert_eq!(chained.claim, None);
+    assert_eq!(
+        chained.plan.step,
+        Step::Wait {
+            requeue_after: Some(Duration::ZERO)
+        }
+    );
+
+    // A Backup that is blocked, already accepted, or running: `plan` unchanged.
+    let backup = valid(&backup_op());
+    let mut blocked_world = world(T0);
+    blocked_world.target = None;
+    let blocked = plan_through_acceptance(&backup, &pending, &blocked_world);
+    assert_eq!(blocked.plan, plan(&backup, &pending, &blocked_world));
+    assert_eq!(blocked.plan.status.phase, Some(OperationPhase::Blocked));
+    assert_eq!(blocked.claim, None);
+    let accepted = plan(&backup, &pending, &w).status;
+    let again = plan_through_acceptance(&backup, &accepted, &w);
+    assert_eq!(again.plan, plan(&backup, &accepted, &w));
+    assert_eq!(again.claim, None);
+    let started = plan(&backup, &accepted, &w).status;
+    let mut running = world(T0 + 5);
+    running.children.backups = vec![backup_child(json!({"phase": "InProgress"}))];
+    let follow = plan_through_acceptance(&backup, &started, &running);
+    assert_eq!(follow.plan, plan(&backup, &started, &running));
+    assert_eq!(follow.plan.status.phase, Some(OperationPhase::Running));
+}
+
+#[test]
+fn a_backup_that_ends_at_its_hand_out_announces_acceptance_and_end_at_once() {
+    // A snapshot Backup of an application without PVCs fails where it would create.
+    let op = valid(&operation(
+        "snap",
+        OperationType::Backup,
+        "backup.snapshot",
+        json!({}),
+    ));
+    let mut w = world(T0);
+    w.pvcs = Vec::new();
+    let chained = plan_through_acceptance(&op, &OperationStatus::default(), &w);
+    assert_eq!(chained.plan.step, Step::Done);
+    assert_eq!(chained.plan.status.phase, Some(OperationPhase::Failed));
+    assert_eq!(chained.plan.outcome, Some(Outcome::Failed), "counted once");
+    let kinds: Vec<&str> = chained
+        .plan
+        .transitions
+        .iter()
+        .map(|t| t.kind.as_str())
+        .collect();
+    assert_eq!(
+        kinds,
+        [events::OPERATION_ACCEPTED, events::OPERATION_FAILED]
+    );
+    assert_eq!(chained.claim, None, "nothing is handed out");
+}
