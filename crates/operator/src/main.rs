@@ -358,6 +358,15 @@ async fn run(opts: Options) -> Result<ExitCode> {
         ));
 
     // --- Operation controller (begin) ---
+    // The Operation controller reads the ApplicationInstance controller's cache; that
+    // cache tells it of every instance change once it holds it (one watch of the kind,
+    // and no Operation reconcile that finds the instance older than its notice).
+    let (instance_changed, instance_changes) = futures::channel::mpsc::unbounded();
+    let ai_controller =
+        ai_controller.notify_changes(move |key: &ObjectRef<ApplicationInstance>| {
+            // Fails only once the Operation controller has stopped; nothing is waiting then.
+            let _ = instance_changed.unbounded_send(key.clone());
+        });
     let op_api = match &opts.watch_namespace {
         Some(ns) => Api::<vworkspace_api::Operation>::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
@@ -395,9 +404,12 @@ async fn run(opts: Options) -> Result<ExitCode> {
     let op_controller = {
         use controllers::operation::{in_namespace, owner_mapper as owner, targeting};
         let s = operation_store.clone();
-        let by_instance = move |ai: &ApplicationInstance| {
-            targeting(&s, ai.metadata.namespace.as_deref(), &ai.name_any())
-        };
+        let by_instance = futures::StreamExt::flat_map(
+            instance_changes,
+            move |ai: ObjectRef<ApplicationInstance>| {
+                futures::stream::iter(targeting(&s, ai.namespace.as_deref(), &ai.name))
+            },
+        );
         let s = operation_store.clone();
         let by_release = move |hr: &HelmRelease| match hr.labels().get(labels::APPLICATION_INSTANCE)
         {
@@ -418,14 +430,7 @@ async fn run(opts: Options) -> Result<ExitCode> {
                 &catalog_config,
                 |_: &k8s_openapi::api::core::v1::ConfigMap| None,
             )
-            .watches_with(
-                match &opts.watch_namespace {
-                    Some(ns) => Api::<ApplicationInstance>::namespaced(client.clone(), ns),
-                    None => Api::all(client.clone()),
-                },
-                watcher::Config::default(),
-                by_instance,
-            )
+            .triggered_by(by_instance)
             .triggered_by(op_requeued)
             .triggered_by(controllers::operation::engine_appeared(
                 op_children.clone(),

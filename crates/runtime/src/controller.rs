@@ -228,7 +228,12 @@ pub struct Controller<K: WatchedKind> {
     status: StatusCell,
     ignore_primary: Option<ChangeFilter<K>>,
     on_skip: Option<SkipHook>,
+    on_change: Vec<ChangeHook<K>>,
 }
+
+/// Told the key of each primary object whose cached state changed; see
+/// [`Controller::notify_changes`].
+pub type ChangeHook<K> = Arc<dyn Fn(&ObjectRef<K>) + Send + Sync>;
 
 /// Decides, from an object's new state, that its change needs no reconcile; see
 /// [`Controller::ignore_primary_changes`].
@@ -278,6 +283,7 @@ impl<K: WatchedKind> Controller<K> {
             status,
             ignore_primary: None,
             on_skip: None,
+            on_change: Vec::new(),
         }
     }
 
@@ -304,6 +310,21 @@ impl<K: WatchedKind> Controller<K> {
         filter: impl Fn(&K) -> bool + Send + Sync + 'static,
     ) -> Self {
         self.ignore_primary = Some(Arc::new(filter));
+        self
+    }
+
+    /// Call `hook` with the key of every primary object whose cached state has just
+    /// changed — created, updated (the changes [`ignore_primary_changes`] filters out
+    /// included), deleted, or (re)listed or gone after a relist — once this controller's
+    /// cache holds the new state. For another controller that reads this one's cache
+    /// (see [`store`](Self::store)) and must look again when it changes: it gets one
+    /// watch of the kind instead of a second one, and never a notice the cache does not
+    /// show yet. The hook runs on the watch task, so it must be quick (send to a
+    /// channel).
+    ///
+    /// [`ignore_primary_changes`]: Self::ignore_primary_changes
+    pub fn notify_changes(mut self, hook: impl Fn(&ObjectRef<K>) + Send + Sync + 'static) -> Self {
+        self.on_change.push(Arc::new(hook));
         self
     }
 
@@ -554,6 +575,7 @@ impl<K: WatchedKind> Controller<K> {
             status,
             ignore_primary,
             on_skip,
+            on_change,
         } = self;
         let queue = WorkQueue::new(queue_metrics, rate_limiter);
         let feed = Feed {
@@ -570,7 +592,7 @@ impl<K: WatchedKind> Controller<K> {
             None,
             Arc::clone(&name),
             on_skip,
-            PrimarySink::new(writer, feed.clone(), 0, ignore_primary),
+            PrimarySink::new(writer, feed.clone(), 0, ignore_primary, on_change),
         ));
         for source in sources {
             watches.spawn(source(SourceCtx {

@@ -373,6 +373,8 @@ pub(crate) struct PrimarySink<K: WatchedKind> {
     listed: Vec<ObjectRef<K>>,
     /// Changes that need no reconcile (the controller's own writes).
     ignore: Option<crate::controller::ChangeFilter<K>>,
+    /// Told of every change once the cache holds it.
+    on_change: Vec<crate::controller::ChangeHook<K>>,
 }
 
 impl<K: WatchedKind> PrimarySink<K> {
@@ -381,6 +383,7 @@ impl<K: WatchedKind> PrimarySink<K> {
         feed: Feed<K>,
         index: usize,
         ignore: Option<crate::controller::ChangeFilter<K>>,
+        on_change: Vec<crate::controller::ChangeHook<K>>,
     ) -> Self {
         Self {
             reader: writer.as_reader(),
@@ -390,6 +393,13 @@ impl<K: WatchedKind> PrimarySink<K> {
             before_relist: None,
             listed: Vec::new(),
             ignore,
+            on_change,
+        }
+    }
+
+    fn changed(&self, key: &ObjectRef<K>) {
+        for hook in &self.on_change {
+            hook(key);
         }
     }
 }
@@ -410,6 +420,7 @@ impl<K: WatchedKind> WatchSink<K> for PrimarySink<K> {
                     ignored,
                     "primary changed"
                 );
+                self.changed(&key);
                 if !ignored {
                     self.feed.queue.add(key);
                 }
@@ -437,9 +448,11 @@ impl<K: WatchedKind> WatchSink<K> for PrimarySink<K> {
                 self.writer.apply_watcher_event(&event);
                 // Vanished while the watch was down: they get their cleanup reconcile.
                 for key in self.before_relist.take().unwrap_or_default() {
+                    self.changed(&key);
                     self.feed.queue.add(key);
                 }
-                for key in self.listed.drain(..) {
+                for key in std::mem::take(&mut self.listed) {
+                    self.changed(&key);
                     self.feed.queue.add(key);
                 }
             }
@@ -458,6 +471,7 @@ impl<K: WatchedKind> WatchSink<K> for PrimarySink<K> {
         if let Some(cached) = self.reader.get(&key) {
             self.writer
                 .apply_watcher_event(&watcher::Event::Delete(K::clone(&cached)));
+            self.changed(&key);
             self.feed.queue.add(key);
         }
     }

@@ -419,3 +419,72 @@ async fn ignored_primary_changes_cost_no_reconcile() -> Result<()> {
     .await;
     h.stop().await
 }
+
+/// `notify_changes` tells another controller of every change of the primary — an ignored
+/// one, a deletion — and only once this controller's cache shows it: what the hook reads
+/// from the store is the state the change produced.
+#[tokio::test]
+async fn change_notices_come_after_the_cache_and_include_ignored_changes() -> Result<()> {
+    type Seen = Arc<Mutex<Vec<(String, Option<String>)>>>;
+    let seen: Seen = Arc::default();
+    let h = Harness::start("rt-notify", Ctx::default(), {
+        let seen = Arc::clone(&seen);
+        move |c, _| {
+            let store = c.store();
+            c.ignore_primary_changes(|cm: &ConfigMap| {
+                cm.data
+                    .as_ref()
+                    .is_some_and(|d| d.contains_key("written-by-us"))
+            })
+            .notify_changes(move |key| {
+                let version = store
+                    .get(key)
+                    .and_then(|cm| cm.metadata.resource_version.clone());
+                seen.lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push((key.name.clone(), version));
+            })
+        }
+    })
+    .await?;
+    let seen_versions = |name: &str| -> Vec<Option<String>> {
+        seen.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+            .collect()
+    };
+    let created = h.create_configmap("told").await?;
+    h.eventually("the create noticed", |_| {
+        (seen_versions("told") == vec![created.metadata.resource_version.clone()]).then_some(())
+    })
+    .await;
+    // A change the controller ignores is still noticed, with the cache already holding it.
+    let patched = h
+        .configmaps
+        .patch(
+            "told",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({ "data": { "written-by-us": "yes" } })),
+        )
+        .await?;
+    h.eventually("the ignored change noticed", |_| {
+        (seen_versions("told").last() == Some(&patched.metadata.resource_version)).then_some(())
+    })
+    .await;
+    assert_eq!(
+        h.ctx.reconciles_of("told"),
+        1,
+        "the change itself was ignored"
+    );
+    // A deletion: noticed once the cache no longer holds the object.
+    h.configmaps
+        .delete("told", &DeleteParams::default())
+        .await?;
+    h.eventually("the deletion noticed", |_| {
+        (seen_versions("told").last() == Some(&None)).then_some(())
+    })
+    .await;
+    h.stop().await
+}
