@@ -9,9 +9,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
-use k8s_openapi::api::admissionregistration::v1::{
-    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
-};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -25,7 +22,9 @@ use vworkspace_testkit::sim::flux::FluxSimulator;
 
 mod common;
 
-use common::{OPERATOR, condition, install_crds, spawn_operator};
+use common::{
+    OPERATOR, condition, deny_in_namespace, install_crds, remove_admission_policy, spawn_operator,
+};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -362,40 +361,15 @@ const DENY_LABEL: &str = "testkit.vworkspace.io/deny-status-write";
 /// [`DENY_LABEL`], and wait until the policy is in force.
 async fn deny_status_writes(env: &TestEnv, ns: &str) -> Result<String> {
     let name = format!("vws-deny-status-{ns}");
-    let policies: Api<ValidatingAdmissionPolicy> = Api::all(env.client.clone());
-    policies
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({
-                "metadata": { "name": name },
-                "spec": {
-                    "failurePolicy": "Fail",
-                    "matchConstraints": { "resourceRules": [{
-                        "apiGroups": ["vworkspace.io"], "apiVersions": ["v1alpha1"],
-                        "operations": ["UPDATE"], "resources": ["applicationinstances/status"]
-                    }]},
-                    "validations": [{
-                        "expression": format!("!has(object.metadata.labels) || !('{DENY_LABEL}' in object.metadata.labels)"),
-                        "message": "status writes of this object are denied by the test"
-                    }]
-                }
-            }))?,
-        )
-        .await?;
-    let bindings: Api<ValidatingAdmissionPolicyBinding> = Api::all(env.client.clone());
-    bindings
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({
-                "metadata": { "name": name },
-                "spec": {
-                    "policyName": name,
-                    "validationActions": ["Deny"],
-                    "matchResources": { "namespaceSelector": { "matchLabels": { "kubernetes.io/metadata.name": ns } } }
-                }
-            }))?,
-        )
-        .await?;
+    deny_in_namespace(
+        env,
+        ns,
+        &name,
+        json!({ "apiGroups": ["vworkspace.io"], "apiVersions": ["v1alpha1"], "operations": ["UPDATE"], "resources": ["applicationinstances/status"] }),
+        &format!("!has(object.metadata.labels) || !('{DENY_LABEL}' in object.metadata.labels)"),
+        "status writes of this object are denied by the test",
+    )
+    .await?;
     // In force once a status write of a labelled probe object is denied.
     let api: Api<ApplicationInstance> = Api::namespaced(env.client.clone(), ns);
     api.create(
@@ -508,11 +482,6 @@ async fn a_failed_status_write_neither_loses_nor_doubles_a_transition() -> Resul
     }
     op.ensure_running()?;
     let _ = op.terminate();
-    let _ = Api::<ValidatingAdmissionPolicyBinding>::all(env.client.clone())
-        .delete(&policy, &DeleteParams::default())
-        .await;
-    let _ = Api::<ValidatingAdmissionPolicy>::all(env.client.clone())
-        .delete(&policy, &DeleteParams::default())
-        .await;
+    remove_admission_policy(&env, &policy).await;
     Ok(())
 }

@@ -26,7 +26,7 @@ use vworkspace_testkit::sim::velero::{VeleroOptions, VeleroSimulator};
 
 mod common;
 
-use common::{condition, install_crds, spawn_operator};
+use common::{condition, deny_in_namespace, install_crds, remove_admission_policy, spawn_operator};
 
 const LIMIT: Duration = Duration::from_secs(90);
 
@@ -787,42 +787,16 @@ const DENY_UPDATES: &str = "e2e.vworkspace.io/deny-updates";
 /// carry [`DENY_UPDATES`], and wait until the policy is in force. Scoped to `ns` by the
 /// binding, so concurrent tests are not affected. Returns the policy's name.
 async fn deny_operation_updates(env: &TestEnv, ns: &str) -> Result<String> {
-    use k8s_openapi::api::admissionregistration::v1::{
-        ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
-    };
     let name = format!("vws-deny-op-updates-{ns}");
-    Api::<ValidatingAdmissionPolicy>::all(env.client.clone())
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({
-                "metadata": { "name": name },
-                "spec": {
-                    "failurePolicy": "Fail",
-                    "matchConstraints": { "resourceRules": [{
-                        "apiGroups": ["vworkspace.io"], "apiVersions": ["v1alpha1"],
-                        "operations": ["UPDATE"], "resources": ["operations"]
-                    }]},
-                    "validations": [{
-                        "expression": format!("!has(object.metadata.labels) || !('{DENY_UPDATES}' in object.metadata.labels)"),
-                        "message": "updates of this Operation are denied by the test"
-                    }]
-                }
-            }))?,
-        )
-        .await?;
-    Api::<ValidatingAdmissionPolicyBinding>::all(env.client.clone())
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({
-                "metadata": { "name": name },
-                "spec": {
-                    "policyName": name,
-                    "validationActions": ["Deny"],
-                    "matchResources": { "namespaceSelector": { "matchLabels": { "kubernetes.io/metadata.name": ns } } }
-                }
-            }))?,
-        )
-        .await?;
+    deny_in_namespace(
+        env,
+        ns,
+        &name,
+        json!({ "apiGroups": ["vworkspace.io"], "apiVersions": ["v1alpha1"], "operations": ["UPDATE"], "resources": ["operations"] }),
+        &format!("!has(object.metadata.labels) || !('{DENY_UPDATES}' in object.metadata.labels)"),
+        "updates of this Operation are denied by the test",
+    )
+    .await?;
     // In force once an update of a labelled probe is denied (no operator runs yet).
     let api: Api<Operation> = Api::namespaced(env.client.clone(), ns);
     api.create(
@@ -859,42 +833,16 @@ async fn deny_operation_updates(env: &TestEnv, ns: &str) -> Result<String> {
 /// until the policy is in force. Scoped to `ns` by the binding, so concurrent tests are
 /// not affected. Returns the policy's name.
 async fn deny_backup_creates(env: &TestEnv, ns: &str) -> Result<String> {
-    use k8s_openapi::api::admissionregistration::v1::{
-        ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
-    };
     let name = format!("vws-deny-backups-{ns}");
-    Api::<ValidatingAdmissionPolicy>::all(env.client.clone())
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({
-                "metadata": { "name": name },
-                "spec": {
-                    "failurePolicy": "Fail",
-                    "matchConstraints": { "resourceRules": [{
-                        "apiGroups": ["velero.io"], "apiVersions": ["v1"],
-                        "operations": ["CREATE"], "resources": ["backups"]
-                    }]},
-                    "validations": [{
-                        "expression": "false",
-                        "message": "Backups are refused here by the test"
-                    }]
-                }
-            }))?,
-        )
-        .await?;
-    Api::<ValidatingAdmissionPolicyBinding>::all(env.client.clone())
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({
-                "metadata": { "name": name },
-                "spec": {
-                    "policyName": name,
-                    "validationActions": ["Deny"],
-                    "matchResources": { "namespaceSelector": { "matchLabels": { "kubernetes.io/metadata.name": ns } } }
-                }
-            }))?,
-        )
-        .await?;
+    deny_in_namespace(
+        env,
+        ns,
+        &name,
+        json!({ "apiGroups": ["velero.io"], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["backups"] }),
+        "false",
+        "Backups are refused here by the test",
+    )
+    .await?;
     let backups: Api<Backup> = Api::namespaced(env.client.clone(), ns);
     poll_until(LIMIT, "the admission policy to refuse Backups", || async {
         let probe: Backup = serde_json::from_value(json!({
@@ -983,15 +931,7 @@ async fn a_backup_refused_at_its_create_is_accepted_then_failed() -> Result<()> 
 }
 
 async fn remove_policy(env: &TestEnv, name: &str) {
-    use k8s_openapi::api::admissionregistration::v1::{
-        ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
-    };
-    let _ = Api::<ValidatingAdmissionPolicyBinding>::all(env.client.clone())
-        .delete(name, &DeleteParams::default())
-        .await;
-    let _ = Api::<ValidatingAdmissionPolicy>::all(env.client.clone())
-        .delete(name, &DeleteParams::default())
-        .await;
+    remove_admission_policy(env, name).await;
 }
 
 /// `(status, reason, message)` of an Operation's condition `type_`.

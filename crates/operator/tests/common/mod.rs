@@ -75,3 +75,63 @@ pub fn condition(obj: &ApplicationInstance, type_: &str) -> Option<(String, Stri
         .find(|c| c.type_ == type_)
         .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
 }
+
+/// Create a ValidatingAdmissionPolicy named `name` that denies, in namespace `ns` only
+/// (the binding selects it, so tests running at the same time are not affected), every
+/// request matching `rule` (one `resourceRules` entry) for which the CEL `expression` is
+/// false, with `message`. The caller waits until it is in force (the API server takes a
+/// moment) and removes it with [`remove_admission_policy`].
+pub async fn deny_in_namespace(
+    env: &TestEnv,
+    ns: &str,
+    name: &str,
+    rule: serde_json::Value,
+    expression: &str,
+    message: &str,
+) -> Result<()> {
+    use k8s_openapi::api::admissionregistration::v1::{
+        ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+    };
+    use kube::api::{Api, PostParams};
+    Api::<ValidatingAdmissionPolicy>::all(env.client.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({
+                "metadata": { "name": name },
+                "spec": {
+                    "failurePolicy": "Fail",
+                    "matchConstraints": { "resourceRules": [rule] },
+                    "validations": [{ "expression": expression, "message": message }]
+                }
+            }))?,
+        )
+        .await?;
+    Api::<ValidatingAdmissionPolicyBinding>::all(env.client.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({
+                "metadata": { "name": name },
+                "spec": {
+                    "policyName": name,
+                    "validationActions": ["Deny"],
+                    "matchResources": { "namespaceSelector": { "matchLabels": { "kubernetes.io/metadata.name": ns } } }
+                }
+            }))?,
+        )
+        .await?;
+    Ok(())
+}
+
+/// Remove what [`deny_in_namespace`] created (best effort: a test cleaning up).
+pub async fn remove_admission_policy(env: &TestEnv, name: &str) {
+    use k8s_openapi::api::admissionregistration::v1::{
+        ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+    };
+    use kube::api::{Api, DeleteParams};
+    let _ = Api::<ValidatingAdmissionPolicyBinding>::all(env.client.clone())
+        .delete(name, &DeleteParams::default())
+        .await;
+    let _ = Api::<ValidatingAdmissionPolicy>::all(env.client.clone())
+        .delete(name, &DeleteParams::default())
+        .await;
+}
