@@ -22,7 +22,8 @@
 //!   `command` line are where a password goes. Both reach the Job (its job), and nowhere
 //!   else; also an `env` entry of the wrong type, which fails validation with a message.
 //! * the catalog ConfigMap (`vworkspace-operation-catalog`): a template's default
-//!   `parameters` (here `env`), merged into the Job.
+//!   `parameters` (here `env`), merged into the Job; also an override that does not
+//!   parse (a secret where the `parameters` mapping belongs), reported on the ConfigMap.
 //! * control-plane jobs (Pull mode): an `ApplyApplicationInstance` document with chart
 //!   values (applied), and one with a credentialed repository URL (rejected by the API
 //!   server, whose message quotes the value; the rejection is reported to the control
@@ -582,6 +583,45 @@ async fn no_planted_secret_reaches_logs_events_status_metrics_or_audit() -> Resu
             .collect();
         bail!("{err}: the control plane has {kinds:?}");
     }
+
+    // --- A catalog override that does not parse, with a secret where a mapping belongs
+    // (the Operations are done: the built-in catalog takes over, and the error is reported
+    // on the ConfigMap).
+    let c = canaries.plant("catalog ConfigMap, a malformed override (parameters not a mapping)");
+    Api::<ConfigMap>::namespaced(env.client.clone(), &ns)
+        .patch(
+            "vworkspace-operation-catalog",
+            &PatchParams::default(),
+            &Patch::Merge(json!({
+                "data": { "runcommand.job": format!("image: busybox:1.36\nparameters: DB_PASSWORD={c}\n") }
+            })),
+        )
+        .await?;
+    // The catalog is read when an Operation is looked at.
+    ops.create(
+        &post,
+        &operation(
+            "cmd-after",
+            json!({ "command": "true", "image": "busybox:1.36" }),
+        )?,
+    )
+    .await?;
+    let event_list: Api<Event> = Api::namespaced(env.client.clone(), &ns);
+    let catalog_error = poll_until(LIMIT, "the catalog error reported", || async {
+        event_list
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some("OperationCatalogInvalid"))
+            .and_then(|e| e.note)
+    })
+    .await?;
+    ensure!(
+        catalog_error.contains("runcommand.job") && catalog_error.contains("parameters"),
+        "the catalog error names the key and the field: {catalog_error}"
+    );
 
     // --- Search every surface.
     let metrics = op.metrics().await?;
