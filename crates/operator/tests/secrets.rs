@@ -25,9 +25,10 @@
 //!   `parameters` (here `env`), merged into the Job; also an override that does not
 //!   parse (a secret where the `parameters` mapping belongs), reported on the ConfigMap.
 //! * control-plane jobs (Pull mode): an `ApplyApplicationInstance` document with chart
-//!   values (applied), and one with a credentialed repository URL (rejected by the API
-//!   server, whose message quotes the value; the rejection is reported to the control
-//!   plane with a message and an audit event).
+//!   values (applied), a `CreateOperation` with an `env` password (applied, and run),
+//!   and an `ApplyApplicationInstance` with a credentialed repository URL (rejected by
+//!   the API server, whose message quotes the value; the rejection is reported to the
+//!   control plane with a message and an audit event).
 //! * a foreign HelmRelease holding the name a new instance derives (its values): the
 //!   operator reports the conflict and must not repeat the other object's content.
 //!
@@ -463,6 +464,17 @@ async fn no_planted_secret_reaches_logs_events_status_metrics_or_audit() -> Resu
     cp.store()?
         .enqueue_job(CLUSTER_ID, Some("job-bad"), &doc.to_string())?;
 
+    let c = canaries.plant("control-plane job CreateOperation spec.parameters.env");
+    canaries.last().in_job_document = true;
+    let job_env_value = c.clone();
+    let doc = json!({
+        "type": "CreateOperation", "cluster_id": CLUSTER_ID, "namespace": ns, "name": "cmd-from-job",
+        "spec": { "type": "RunCommand", "template": "runcommand.job", "applicationInstance": "app",
+                  "parameters": { "command": "true", "env": { "API_KEY": c } } }
+    });
+    cp.store()?
+        .enqueue_job(CLUSTER_ID, Some("job-operation"), &doc.to_string())?;
+
     // --- Wait for the instances' verdicts.
     for (name, type_, reasons) in [
         ("app", "Ready", &["HelmReleaseReady"][..]),
@@ -523,6 +535,7 @@ async fn no_planted_secret_reaches_logs_events_status_metrics_or_audit() -> Resu
         ("cmd", OperationPhase::Succeeded),
         ("cmd-env", OperationPhase::Succeeded),
         ("cmd-bad", OperationPhase::Failed),
+        ("cmd-from-job", OperationPhase::Succeeded),
     ] {
         poll_until(LIMIT, &format!("{name} {phase:?}"), || async {
             let o = ops.get(name).await.ok()?;
@@ -539,13 +552,21 @@ async fn no_planted_secret_reaches_logs_events_status_metrics_or_audit() -> Resu
             .items,
     )?;
     ensure!(
-        job_env.contains(&env_value) && job_env.contains(&command),
+        job_env.contains(&env_value)
+            && job_env.contains(&command)
+            && job_env.contains(&job_env_value),
         "the Jobs carry the command and env"
     );
 
     // --- Jobs: one applied, one rejected; every terminal outcome in the control plane.
     let applied = poll_until(LIMIT, "job-apply applied", || async {
         cp.job_state("job-apply")
+            .ok()?
+            .filter(|(state, _)| state == "applied")
+    })
+    .await?;
+    poll_until(LIMIT, "job-operation applied", || async {
+        cp.job_state("job-operation")
             .ok()?
             .filter(|(state, _)| state == "applied")
     })
