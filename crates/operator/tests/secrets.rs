@@ -345,6 +345,7 @@ async fn no_planted_secret_reaches_logs_events_status_metrics_or_audit() -> Resu
 
     // --- The catalog: default parameters of runcommand.job.
     let c = canaries.plant("catalog ConfigMap runcommand.job parameters.env");
+    let catalog_env = c.clone();
     Api::<ConfigMap>::namespaced(env.client.clone(), &ns)
         .create(
             &post,
@@ -541,8 +542,7 @@ async fn no_planted_secret_reaches_logs_events_status_metrics_or_audit() -> Resu
             let o = ops.get(name).await.ok()?;
             (o.status.as_ref()?.phase? == phase).then_some(())
         })
-        .await
-        .with_context(|| format!("{:?}", std::fs::read_to_string(&op.log).map(|l| l.len())))?;
+        .await?;
     }
     // The secrets did reach what needs them (else the test proves nothing).
     let job_env = serde_json::to_string(
@@ -554,8 +554,22 @@ async fn no_planted_secret_reaches_logs_events_status_metrics_or_audit() -> Resu
     ensure!(
         job_env.contains(&env_value)
             && job_env.contains(&command)
-            && job_env.contains(&job_env_value),
-        "the Jobs carry the command and env"
+            && job_env.contains(&job_env_value)
+            && job_env.contains(&catalog_env),
+        "the Jobs carry the command and env, the catalog's env included"
+    );
+    let release = serde_json::to_string(
+        &Api::<DynamicObject>::namespaced_with(
+            env.client.clone(),
+            &ns,
+            &vworkspace_testkit::sim::flux::helm_release_resource(),
+        )
+        .get("app")
+        .await?,
+    )?;
+    ensure!(
+        release.contains(&inline) && release.contains("app-values"),
+        "the HelmRelease carries the inline values and the Secret reference"
     );
 
     // --- Jobs: one applied, one rejected; every terminal outcome in the control plane.
