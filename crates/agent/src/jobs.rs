@@ -55,6 +55,7 @@ use vworkspace_api::{
     ApplicationInstance, ApplicationInstanceSpec, AuditEvent, Operation, OperationSpec,
 };
 use vworkspace_telemetry::metrics::AgentMetrics;
+use vworkspace_telemetry::without_quoted_values;
 
 use crate::client::{HttpClient, LinkError, bounded};
 use crate::shipper::Backoff;
@@ -466,9 +467,11 @@ fn api_code(error: &kube::Error) -> Option<u16> {
     }
 }
 
+/// The API server's message, without the values it quotes: a 422 repeats the refused
+/// value, which may be a secret from the job's document (a password in a repository URL).
 fn api_message(error: &kube::Error) -> String {
     match error {
-        kube::Error::Api(status) => bounded(&status.message),
+        kube::Error::Api(status) => bounded(&without_quoted_values(&status.message)),
         other => bounded(&other.to_string()),
     }
 }

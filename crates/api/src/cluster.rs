@@ -148,8 +148,13 @@ impl std::fmt::Display for Mode {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!(has(self.caBundle) && has(self.caSecretRef))").message("set at most one of caBundle and caSecretRef"))]
 pub struct ControlPlane {
-    /// Base URL of the agent API, e.g. `https://vworkspace.example.com`.
-    #[schemars(length(min = 1, max = 2048), regex(pattern = r"^https?://[^\s]+$"))]
+    /// Base URL of the agent API, e.g. `https://vworkspace.example.com`, without
+    /// credentials (`user:password@` is refused: the URL is logged and reported, and the
+    /// bearer token lives in `credentialsSecretRef`).
+    #[schemars(
+        length(min = 1, max = 2048),
+        regex(pattern = r"^https?://[^\s/@]+(/[^\s]*)?$")
+    )]
     pub url: String,
     /// The Secret (in the Cluster's namespace) holding the bearer token.
     pub credentials_secret_ref: CredentialsSecretRef,

@@ -15,9 +15,13 @@
 //! * the Event's name is derived from the audit `event_id`, so a transition published
 //!   twice does not create a second Event (the API answers 409), while a *new* transition
 //!   always has a new id and a new Event — it is never folded into an earlier one;
-//! * a 409 means the transition was published before, so its audit event was handed to
-//!   the sink then and is not submitted again (what a crashed process lost from its
-//!   buffer is the control-plane link's replay to recover, from status);
+//! * a 409 means the transition was published before. When this process handed its audit
+//!   event to the sink (a retry after a failed status write), nothing is sent again. When
+//!   it did not, an earlier process (or replica) published it and may have died with the
+//!   audit event still in its buffer and before the status recording the transition was
+//!   written, so the link's replay from status cannot find it either: the audit event is
+//!   handed over again, and the receiver deduplicates it by `event_id`
+//!   (`tests/kill_under_load.rs` has the case);
 //! * messages are built by the controllers from names and reasons, never from secret
 //!   values, and carry no timestamps;
 //! * publishing never fails a reconcile: an Event that cannot be written is logged and
@@ -192,7 +196,8 @@ pub enum Published {
     /// The Event was written and the audit event handed to the sink.
     New,
     /// The Event existed already: this transition was published before (a retry after a
-    /// crash or a failed status write); nothing was sent again.
+    /// crash or a failed status write). Its audit event was handed over again only if this
+    /// process had not done so itself.
     Repeated,
     /// The Event could not be written; the audit event was still handed to the sink.
     EventNotWritten,
@@ -205,6 +210,43 @@ pub struct Publisher {
     source: AuditSource,
     reporting_instance: String,
     sink: Arc<dyn AuditSink>,
+    submitted: Arc<Mutex<RecentIds>>,
+}
+
+/// The `event_id`s this process has handed to the sink, the most recent
+/// [`RecentIds::CAPACITY`] of them (16 bytes each). A 409 for one of them is this
+/// process's own retry; one that fell out of the window is handed over a second time,
+/// which the receiver deduplicates.
+#[derive(Debug, Default)]
+struct RecentIds {
+    set: std::collections::HashSet<u128>,
+    order: std::collections::VecDeque<u128>,
+}
+
+impl RecentIds {
+    const CAPACITY: usize = 8192;
+
+    fn key(event_id: &str) -> Option<u128> {
+        u128::from_str_radix(event_id, 16).ok()
+    }
+
+    fn contains(&self, event_id: &str) -> bool {
+        Self::key(event_id).is_some_and(|k| self.set.contains(&k))
+    }
+
+    fn insert(&mut self, event_id: &str) {
+        let Some(key) = Self::key(event_id) else {
+            return;
+        };
+        if self.set.insert(key) {
+            self.order.push_back(key);
+            if self.order.len() > Self::CAPACITY
+                && let Some(oldest) = self.order.pop_front()
+            {
+                self.set.remove(&oldest);
+            }
+        }
+    }
 }
 
 /// `reportingController` of every Event we write.
@@ -259,7 +301,24 @@ impl Publisher {
             source,
             reporting_instance,
             sink,
+            submitted: Arc::default(),
         }
+    }
+
+    /// Hand `audit` to the sink, remembering that this process did.
+    fn submit(&self, audit: AuditEvent) {
+        self.submitted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(&audit.event_id);
+        self.sink.submit(audit);
+    }
+
+    fn submitted_here(&self, event_id: &str) -> bool {
+        self.submitted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(event_id)
     }
 
     /// Publish one transition of `obj`, recorded (or about to be recorded) in its status.
@@ -322,7 +381,14 @@ impl Publisher {
             }
         };
         if outcome == Published::Repeated {
-            tracing::debug!(event = %record.kind, event_id, "transition published before; not sent again");
+            if self.submitted_here(&event_id) {
+                tracing::debug!(event = %record.kind, event_id, "transition published before; not sent again");
+            } else {
+                // Published by an earlier process, whose buffer may have died with the
+                // audit event (see the module docs): hand it over again.
+                tracing::debug!(event = %record.kind, event_id, "transition published by an earlier process; its audit event is sent again");
+                self.submit(audit);
+            }
             return outcome;
         }
         // A transition retried while its Event cannot be written (an API server outage)
@@ -336,7 +402,7 @@ impl Publisher {
         };
         if logged_before {
             tracing::debug!(event = %record.kind, event_id, "transition published again");
-            self.sink.submit(audit);
+            self.submit(audit);
             return outcome;
         }
         // tracing fixes a call site's level at compile time: the spec logs every transition
@@ -358,7 +424,7 @@ impl Publisher {
         } else {
             log_transition!(info);
         }
-        self.sink.submit(audit);
+        self.submit(audit);
         outcome
     }
 }
@@ -384,6 +450,21 @@ fn truncate(message: &str, max: usize) -> String {
 mod tests {
     use super::*;
     use vworkspace_api::conditions::EventType;
+
+    #[test]
+    fn recent_ids_keep_a_bounded_window() {
+        let id = |n: usize| format!("{n:032x}");
+        let mut recent = RecentIds::default();
+        for n in 0..RecentIds::CAPACITY + 10 {
+            recent.insert(&id(n));
+            recent.insert(&id(n));
+        }
+        assert_eq!(recent.order.len(), RecentIds::CAPACITY);
+        assert_eq!(recent.set.len(), RecentIds::CAPACITY);
+        assert!(!recent.contains(&id(9)), "the oldest left the window");
+        assert!(recent.contains(&id(10)) && recent.contains(&id(RecentIds::CAPACITY + 9)));
+        assert!(!recent.contains("not-hex"));
+    }
 
     #[test]
     fn truncate_respects_char_boundaries() {

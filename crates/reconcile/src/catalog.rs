@@ -141,6 +141,31 @@ impl CatalogError {
     }
 }
 
+/// The parser's words without the values it quotes. serde writes a value of the wrong
+/// type as `invalid type: string "…"`, and a default parameter can be a secret (a
+/// password in `env`); the message goes to the ConfigMap's Warning Event, the log and
+/// Operation status, so the quoted value is dropped. Field names, which serde quotes with
+/// backticks, stay.
+fn without_values(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let (mut quoted, mut escaped) = (false, false);
+    for c in message.chars() {
+        if quoted {
+            match (escaped, c) {
+                (false, '\\') => escaped = true,
+                (false, '"') => quoted = false,
+                _ => escaped = false,
+            }
+        } else if c == '"' {
+            out.push_str("\"…\"");
+            quoted = true;
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// One override, as written in the ConfigMap.
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -252,7 +277,7 @@ impl Template {
         let template = self.name.clone();
         let o: Override = serde_yaml::from_str(text).map_err(|e| CatalogError::Malformed {
             template: template.clone(),
-            why: e.to_string(),
+            why: without_values(&e.to_string()),
         })?;
         if let Some(value) = o.timeout {
             let d = GoDuration::parse(&value).map_err(|e| CatalogError::BadTimeout {
@@ -553,6 +578,28 @@ mod tests {
             assert!((3..=63).contains(&t.name().len()));
             assert_eq!(engine, t.engine().as_str());
         }
+    }
+
+    #[test]
+    fn a_malformed_override_does_not_repeat_its_values() {
+        let mut template = builtin().templates[0].clone();
+        for text in [
+            "parameters: DB_PASSWORD=s3cr3t\n",
+            "parameters: \"quoted \\\"s3cr3t\\\" value\"\n",
+            "timeout: [s3cr3t]\n",
+        ] {
+            let err = template.apply(text).expect_err(text).to_string();
+            assert!(!err.contains("s3cr3t"), "{err}");
+            assert!(err.contains("does not parse"), "{err}");
+        }
+        let err = template
+            .apply("paramters: {}\n")
+            .expect_err("typo")
+            .to_string();
+        assert!(
+            err.contains("`paramters`"),
+            "the unknown field is named: {err}"
+        );
     }
 
     #[test]

@@ -75,4 +75,4 @@ pub mod logging;
 pub mod metrics;
 mod redact;
 
-pub use redact::{REDACTED, Redacted, SecretString};
+pub use redact::{REDACTED, Redacted, SecretString, without_quoted_values};

@@ -22,7 +22,9 @@ use kube_core::ObjectMeta;
 use serde_json::Value;
 use vworkspace_api::conditions::operation::reasons;
 
-use super::{Child, Observation, Params, Stop, StopSupport, child_labels, child_meta, outputs};
+use super::{
+    Child, Observation, Params, Stop, StopSupport, child_labels, child_meta, kind_of, outputs,
+};
 use crate::operation::Identity;
 
 /// Parameters of `runcommand.job`.
@@ -69,7 +71,8 @@ pub fn params(p: &Params<'_>, catalog_image: Option<&str>) -> Result<JobParams, 
         None => return Err("parameter command is required".to_owned()),
         Some(other) => {
             return Err(format!(
-                "parameter command must be a string or a non-empty list of strings, not {other}"
+                "parameter command must be a string or a non-empty list of strings, not {}",
+                kind_of(other)
             ));
         }
     };
@@ -87,7 +90,8 @@ pub fn params(p: &Params<'_>, catalog_image: Option<&str>) -> Result<JobParams, 
             .map(|(k, v)| match v {
                 Value::String(s) => Ok((k, s)),
                 other => Err(format!(
-                    "parameter {name}.{k} must be a string, not {other}"
+                    "parameter {name}.{k} must be a string, not {}",
+                    kind_of(&other)
                 )),
             })
             .collect()
@@ -377,5 +381,16 @@ mod tests {
                 .unwrap_err()
                 .contains("env.A")
         );
+        // A value of the wrong type is named by its type, never repeated: it may be a secret.
+        for bad in [
+            json!({"command": {"pw": "s3cr3t"}}),
+            json!({"command": "x", "env": {"DB_PASSWORD": ["s3cr3t"]}}),
+            json!({"command": "x", "env": "s3cr3t"}),
+            json!({"command": "x", "image": ["s3cr3t"]}),
+        ] {
+            let why = p(bad, Some("i")).unwrap_err();
+            assert!(!why.contains("s3cr3t"), "{why}");
+            assert!(why.contains("not a "), "{why}");
+        }
     }
 }

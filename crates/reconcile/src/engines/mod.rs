@@ -202,6 +202,20 @@ pub(crate) fn child_labels(id: &Identity, target: &str) -> BTreeMap<String, Stri
     .into()
 }
 
+/// What kind of JSON value `value` is, in words, for messages. Messages about a parameter
+/// of the wrong type name its type, never its value: parameters can hold secrets (a
+/// password in `env`), and the message goes to status, Events, logs and audit events.
+pub(crate) fn kind_of(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "a mapping",
+    }
+}
+
 /// The merged parameters of an Operation, read typed; each error names the parameter.
 #[derive(Debug, Clone, Copy)]
 pub struct Params<'a>(pub &'a Map<String, Value>);
@@ -214,7 +228,10 @@ impl Params<'_> {
                 Err(format!("parameter {name} is empty"))
             }
             Some(Value::String(s)) => Ok(Some(s.clone())),
-            Some(other) => Err(format!("parameter {name} must be a string, not {other}")),
+            Some(other) => Err(format!(
+                "parameter {name} must be a string, not {}",
+                kind_of(other)
+            )),
         }
     }
 
@@ -230,7 +247,8 @@ impl Params<'_> {
             Some(Value::String(s)) if s == "true" => Ok(Some(true)),
             Some(Value::String(s)) if s == "false" => Ok(Some(false)),
             Some(other) => Err(format!(
-                "parameter {name} must be true or false, not {other}"
+                "parameter {name} must be true or false, not {}",
+                kind_of(other)
             )),
         }
     }
@@ -244,7 +262,8 @@ impl Params<'_> {
                 .map(Some)
                 .ok_or_else(|| format!("parameter {name} must be a whole number ≥ 0, not {n}")),
             Some(other) => Err(format!(
-                "parameter {name} must be a whole number, not {other}"
+                "parameter {name} must be a whole number, not {}",
+                kind_of(other)
             )),
         }
     }
@@ -253,7 +272,10 @@ impl Params<'_> {
         match self.0.get(name) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::Object(o)) => Ok(Some(o.clone())),
-            Some(other) => Err(format!("parameter {name} must be a mapping, not {other}")),
+            Some(other) => Err(format!(
+                "parameter {name} must be a mapping, not {}",
+                kind_of(other)
+            )),
         }
     }
 
