@@ -170,9 +170,47 @@ fn kube_version_ldflags() -> String {
     flags
 }
 
+/// Take the build lock of `final_dir` (a file next to it), waiting while another
+/// process holds it. Released when the returned file is dropped (or the process dies).
+fn build_lock(final_dir: &Path) -> Result<std::fs::File> {
+    let path = final_dir.with_extension("lock");
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    let file = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            eprintln!(
+                "k8s build: another process is building these binaries; waiting for it ({})",
+                path.display()
+            );
+            file.lock()
+                .with_context(|| format!("locking {}", path.display()))?;
+        }
+        Err(std::fs::TryLockError::Error(err)) => {
+            return Err(err).with_context(|| format!("locking {}", path.display()));
+        }
+    }
+    Ok(file)
+}
+
 /// Build every binary into the cache (reusing Go's own build cache) and return them.
+/// One process at a time builds (a file lock): a second one waits, then finds the
+/// binaries the first one built instead of building them again on the same two cores.
 pub fn build() -> Result<K8sBinaries> {
     let final_dir = cache_key_dir()?;
+    let _lock = build_lock(&final_dir)?;
+    if let Ok(built) = K8sBinaries::at(final_dir.join("bin")) {
+        eprintln!("k8s build: binaries ready in {}", built.dir().display());
+        return Ok(built);
+    }
     let scratch = final_dir.with_extension("partial");
     let bin = scratch.join("bin");
     std::fs::create_dir_all(&bin).with_context(|| format!("creating {}", bin.display()))?;
@@ -267,6 +305,24 @@ impl Fnv64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_build_lock_is_held_until_dropped() {
+        let dir = std::env::temp_dir().join(format!("vws-lock-test-{}", std::process::id()));
+        let key = dir.join("kube-x");
+        let held = build_lock(&key).unwrap();
+        let other = std::fs::File::options()
+            .write(true)
+            .open(key.with_extension("lock"))
+            .unwrap();
+        assert!(matches!(
+            other.try_lock(),
+            Err(std::fs::TryLockError::WouldBlock)
+        ));
+        drop(held);
+        assert!(other.try_lock().is_ok(), "free once the holder is gone");
+        std::fs::remove_dir_all(&dir).ok();
+    }
 
     #[test]
     fn hash_separates_fields() {
