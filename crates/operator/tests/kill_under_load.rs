@@ -44,29 +44,26 @@
 //! test fails with 8-10 instances missing a `ReconcileStarted` or `ReconcileSucceeded`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::events::v1::Event;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use tokio::sync::watch;
+use vworkspace_api::AuditEvent;
 use vworkspace_api::application_instance::ApplicationInstance;
-use vworkspace_api::{AuditEvent, Cluster};
-use vworkspace_controlplane::store::TimelineFilter;
-use vworkspace_controlplane::{Config, Running, Store};
 use vworkspace_testkit::env::{TestEnv, poll_until, unique_suffix};
 use vworkspace_testkit::sim::flux::FluxSimulator;
 
 mod common;
 
-use common::{CLUSTER_ID, ORG_ID, condition, install_crds, spawn_operator};
+use common::controlplane::{ControlPlane, create_pull_cluster};
+use common::{CLUSTER_ID, condition, install_crds, spawn_operator};
 
 const LIMIT: Duration = Duration::from_secs(120);
 /// Instances created while the operator is killed.
@@ -80,98 +77,6 @@ const STARTED: &str = "ReconcileStarted";
 /// persisting. Each new process has to make progress before it is killed.
 const KILL_AT: [usize; 5] = [60, 130, 200, 270, 340];
 const SUCCEEDED: &str = "ReconcileSucceeded";
-
-/// The reference control plane with its own database, the org and this cluster.
-struct ControlPlane {
-    db: PathBuf,
-    running: Option<Running>,
-    url: String,
-    token: String,
-}
-
-impl ControlPlane {
-    async fn start(dir: &Path) -> Result<Self> {
-        std::fs::create_dir_all(dir)?;
-        let db = dir.join("controlplane.db");
-        let _ = std::fs::remove_file(&db);
-        let store = Store::open(&db)?;
-        store.create_org(ORG_ID)?;
-        let token = store.create_cluster(ORG_ID, CLUSTER_ID)?;
-        drop(store);
-        let running =
-            vworkspace_controlplane::serve(Config::new(&db, "127.0.0.1:0".parse()?)).await?;
-        Ok(Self {
-            db,
-            url: format!("http://{}", running.addr),
-            running: Some(running),
-            token,
-        })
-    }
-
-    /// Every stored row (the store keeps each `event_id` once).
-    fn timeline(&self) -> Result<Vec<AuditEvent>> {
-        Ok(Store::open(&self.db)?
-            .timeline(ORG_ID, &TimelineFilter::default(), 100_000)?
-            .into_iter()
-            .map(|e| e.event)
-            .collect())
-    }
-
-    /// A request to the control plane's admin API (faults).
-    async fn admin(&self, method: &str, path: &str, body: Option<serde_json::Value>) -> Result<()> {
-        let method = reqwest::Method::from_bytes(method.as_bytes())?;
-        let mut request = reqwest::Client::new().request(method, format!("{}{path}", self.url));
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await?;
-        ensure!(
-            response.status().is_success(),
-            "{path}: {}",
-            response.status()
-        );
-        Ok(())
-    }
-
-    async fn stop(&mut self) {
-        if let Some(r) = self.running.take() {
-            r.shutdown().await;
-        }
-    }
-}
-
-async fn create_pull_cluster(env: &TestEnv, ns: &str, cp: &ControlPlane) -> Result<()> {
-    Api::<Secret>::namespaced(env.client.clone(), ns)
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({
-                "apiVersion": "v1", "kind": "Secret",
-                "metadata": { "name": "controlplane-token" },
-                "stringData": { "token": cp.token },
-            }))?,
-        )
-        .await?;
-    Api::<Cluster>::namespaced(env.client.clone(), ns)
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({
-                "apiVersion": "vworkspace.io/v1alpha1", "kind": "Cluster",
-                "metadata": { "name": CLUSTER_ID },
-                "spec": {
-                    "orgId": ORG_ID,
-                    "mode": "pull",
-                    "controlPlane": {
-                        "url": cp.url,
-                        "credentialsSecretRef": { "name": "controlplane-token", "key": "token" },
-                    },
-                    "connectivity": { "gracePeriod": "3s", "heartbeatInterval": "1s" },
-                    "auditStream": { "bufferCapacity": 5000, "maxBatchSize": 100, "flushInterval": "1s" },
-                },
-            }))?,
-        )
-        .await?;
-    Ok(())
-}
 
 fn instance(i: usize) -> Result<ApplicationInstance> {
     Ok(serde_json::from_value(json!({
@@ -218,7 +123,7 @@ async fn each_transition_is_announced_once_across_sigkills_under_load() -> Resul
     let dir = std::env::temp_dir().join(format!("vws-aikill-{ns}"));
     let mut cp = ControlPlane::start(&dir).await?;
     let _flux = FluxSimulator::start(env.client.clone(), Some(&ns));
-    create_pull_cluster(&env, &ns, &cp).await?;
+    create_pull_cluster(&env, &ns, &cp.url(), &cp.token, 5000, 100).await?;
     // One identity across restarts: each new process takes the Lease back at once.
     let identity = format!("op-{}", unique_suffix());
     let flags = [
@@ -589,7 +494,7 @@ async fn published_before_a_kill_and_recomputed_after_the_replay_is_audited() ->
     let ns = env.fresh_namespace("aireplay").await?;
     let dir = std::env::temp_dir().join(format!("vws-aireplay-{ns}"));
     let mut cp = ControlPlane::start(&dir).await?;
-    create_pull_cluster(&env, &ns, &cp).await?;
+    create_pull_cluster(&env, &ns, &cp.url(), &cp.token, 5000, 100).await?;
     let identity = format!("op-{}", unique_suffix());
     let flags = ["--job-poll-wait=2s", "--cluster-resync=1s"];
     let mut op = spawn_operator(&env, &ns, &identity, &flags)?;
@@ -638,7 +543,7 @@ async fn published_before_a_kill_and_recomputed_after_the_replay_is_audited() ->
     // The control plane stops accepting events; the release turns Ready; the operator
     // publishes ReconcileSucceeded and cannot persist it. Then it is killed.
     cp.admin(
-        "POST",
+        reqwest::Method::POST,
         "/admin/faults",
         Some(json!({ "path": "events", "status": 503 })),
     )
@@ -687,7 +592,8 @@ async fn published_before_a_kill_and_recomputed_after_the_replay_is_audited() ->
             .map(|_| ())
     })
     .await?;
-    cp.admin("DELETE", "/admin/faults", None).await?;
+    cp.admin(reqwest::Method::DELETE, "/admin/faults", None)
+        .await?;
     op = spawn_operator(&env, &ns, &identity, &flags)?;
     poll_until(LIMIT, "the start-up replay", || async {
         op.log_lines()

@@ -16,23 +16,19 @@
 //!   counts).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
+use vworkspace_api::AuditEvent;
 use vworkspace_api::application_instance::ApplicationInstance;
 use vworkspace_api::labels;
 use vworkspace_api::operation::{Operation, OperationPhase};
 use vworkspace_api::thirdparty::Backup;
-use vworkspace_api::{AuditEvent, Cluster};
-use vworkspace_controlplane::store::TimelineFilter;
-use vworkspace_controlplane::{Config, Running, Store};
 use vworkspace_testkit::env::{TestEnv, poll_until, unique_suffix};
 use vworkspace_testkit::prom::Exposition;
 use vworkspace_testkit::sim::engine::{Control, SimOptions};
@@ -41,7 +37,8 @@ use vworkspace_testkit::sim::velero::{VeleroOptions, VeleroSimulator};
 
 mod common;
 
-use common::{CLUSTER_ID, ORG_ID, condition, install_crds, spawn_operator};
+use common::controlplane::{ControlPlane, create_pull_cluster};
+use common::{condition, install_crds, spawn_operator};
 
 const LIMIT: Duration = Duration::from_secs(120);
 /// Operations running while the operator is killed.
@@ -53,81 +50,6 @@ const TERMINAL_KINDS: [&str; 3] = [
     "OperationFailed",
     "OperationCancelled",
 ];
-
-/// The reference control plane with its own database, the org and this cluster.
-struct ControlPlane {
-    db: PathBuf,
-    running: Option<Running>,
-    url: String,
-    token: String,
-}
-
-impl ControlPlane {
-    async fn start(dir: &Path) -> Result<Self> {
-        std::fs::create_dir_all(dir)?;
-        let db = dir.join("controlplane.db");
-        let _ = std::fs::remove_file(&db);
-        let store = Store::open(&db)?;
-        store.create_org(ORG_ID)?;
-        let token = store.create_cluster(ORG_ID, CLUSTER_ID)?;
-        drop(store);
-        let running =
-            vworkspace_controlplane::serve(Config::new(&db, "127.0.0.1:0".parse()?)).await?;
-        Ok(Self {
-            db,
-            url: format!("http://{}", running.addr),
-            running: Some(running),
-            token,
-        })
-    }
-
-    fn timeline(&self) -> Result<Vec<AuditEvent>> {
-        Ok(Store::open(&self.db)?
-            .timeline(ORG_ID, &TimelineFilter::default(), 100_000)?
-            .into_iter()
-            .map(|e| e.event)
-            .collect())
-    }
-
-    async fn stop(&mut self) {
-        if let Some(r) = self.running.take() {
-            r.shutdown().await;
-        }
-    }
-}
-
-async fn create_pull_cluster(env: &TestEnv, ns: &str, cp: &ControlPlane) -> Result<()> {
-    Api::<Secret>::namespaced(env.client.clone(), ns)
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({
-                "apiVersion": "v1", "kind": "Secret",
-                "metadata": { "name": "controlplane-token" },
-                "stringData": { "token": cp.token },
-            }))?,
-        )
-        .await?;
-    Api::<Cluster>::namespaced(env.client.clone(), ns)
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({
-                "apiVersion": "vworkspace.io/v1alpha1", "kind": "Cluster",
-                "metadata": { "name": CLUSTER_ID },
-                "spec": {
-                    "orgId": ORG_ID,
-                    "mode": "pull",
-                    "controlPlane": {
-                        "url": cp.url,
-                        "credentialsSecretRef": { "name": "controlplane-token", "key": "token" },
-                    },
-                    "connectivity": { "gracePeriod": "3s", "heartbeatInterval": "1s" },
-                    "auditStream": { "bufferCapacity": 5000, "maxBatchSize": 100, "flushInterval": "1s" },
-                },
-            }))?,
-        )
-        .await?;
-    Ok(())
-}
 
 fn phase(op: &Operation) -> Option<OperationPhase> {
     op.status.as_ref()?.phase
@@ -150,7 +72,7 @@ async fn operations_end_exactly_once_across_repeated_sigkills() -> Result<()> {
     let dir = std::env::temp_dir().join(format!("vws-opkill-{ns}"));
     let mut cp = ControlPlane::start(&dir).await?;
     let _flux = FluxSimulator::start(env.client.clone(), Some(&ns));
-    create_pull_cluster(&env, &ns, &cp).await?;
+    create_pull_cluster(&env, &ns, &cp.url(), &cp.token, 5000, 100).await?;
     // One identity across restarts: each new process takes the Lease back at once.
     let identity = format!("op-{}", unique_suffix());
     let flags = ["--job-poll-wait=2s", "--cluster-resync=1s"];

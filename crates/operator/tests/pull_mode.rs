@@ -17,8 +17,6 @@
 //! * the bootstrap token never appears in logs, Events, metrics or audit payloads.
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
@@ -28,154 +26,16 @@ use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;
 use vworkspace_api::application_instance::ApplicationInstance;
 use vworkspace_api::{AuditEvent, Cluster};
-use vworkspace_controlplane::store::TimelineFilter;
-use vworkspace_controlplane::{Config, FaultSpec, PathClass, Running, Store};
+use vworkspace_controlplane::{FaultSpec, PathClass};
 use vworkspace_testkit::env::{TestEnv, poll_until, unique_suffix};
 use vworkspace_testkit::sim::flux::FluxSimulator;
 
 mod common;
 
+use common::controlplane::{ControlPlane, create_pull_cluster};
 use common::{CLUSTER_ID, ORG_ID, install_crds, spawn_operator};
 
 const LIMIT: Duration = Duration::from_secs(60);
-
-/// A control plane with its own database, an org and this cluster registered.
-struct ControlPlane {
-    db: PathBuf,
-    addr: SocketAddr,
-    running: Option<Running>,
-    token: String,
-}
-
-impl ControlPlane {
-    async fn start(dir: &Path) -> Result<Self> {
-        std::fs::create_dir_all(dir)?;
-        let db = dir.join("controlplane.db");
-        let _ = std::fs::remove_file(&db);
-        let store = Store::open(&db)?;
-        store.create_org(ORG_ID)?;
-        let token = store.create_cluster(ORG_ID, CLUSTER_ID)?;
-        drop(store);
-        let running =
-            vworkspace_controlplane::serve(Config::new(&db, "127.0.0.1:0".parse()?)).await?;
-        Ok(Self {
-            db,
-            addr: running.addr,
-            running: Some(running),
-            token,
-        })
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    async fn stop(&mut self) {
-        if let Some(r) = self.running.take() {
-            r.shutdown().await;
-        }
-    }
-
-    /// Serve again on the same address.
-    async fn resume(&mut self) -> Result<()> {
-        self.resume_with_faults(Vec::new()).await
-    }
-
-    /// Serve again on the same address, with `faults` in place before the first request.
-    async fn resume_with_faults(&mut self, faults: Vec<FaultSpec>) -> Result<()> {
-        let mut config = Config::new(&self.db, self.addr);
-        config.faults = faults;
-        self.running = Some(vworkspace_controlplane::serve(config).await?);
-        Ok(())
-    }
-
-    fn store(&self) -> Result<Store> {
-        Ok(Store::open(&self.db)?)
-    }
-
-    fn enqueue(&self, id: &str, document: &str) -> Result<()> {
-        self.store()?.enqueue_job(CLUSTER_ID, Some(id), document)?;
-        Ok(())
-    }
-
-    fn job_state(&self, id: &str) -> Result<Option<(String, String)>> {
-        Ok(self
-            .store()?
-            .list_jobs(Some(CLUSTER_ID))?
-            .into_iter()
-            .find(|j| j.id == id)
-            .map(|j| (j.state, j.message)))
-    }
-
-    fn timeline(&self) -> Result<Vec<AuditEvent>> {
-        Ok(self
-            .store()?
-            .timeline(ORG_ID, &TimelineFilter::default(), 10_000)?
-            .into_iter()
-            .map(|e| e.event)
-            .collect())
-    }
-
-    async fn admin(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<serde_json::Value>,
-    ) -> Result<serde_json::Value> {
-        let client = reqwest::Client::new();
-        let mut req = client.request(method, format!("{}{path}", self.url()));
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await?;
-        let status = resp.status();
-        let text = resp.text().await?;
-        ensure!(status.is_success(), "{path}: {status} {text}");
-        Ok(serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
-    }
-}
-
-/// The token Secret and a Pull-mode Cluster in `ns`, pointing at `url`.
-async fn create_pull_cluster(
-    env: &TestEnv,
-    ns: &str,
-    url: &str,
-    token: &str,
-    capacity: u32,
-) -> Result<()> {
-    let secrets: Api<Secret> = Api::namespaced(env.client.clone(), ns);
-    secrets
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({
-                "apiVersion": "v1", "kind": "Secret",
-                "metadata": { "name": "controlplane-token" },
-                "stringData": { "token": token },
-            }))?,
-        )
-        .await?;
-    let clusters: Api<Cluster> = Api::namespaced(env.client.clone(), ns);
-    clusters
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({
-                "apiVersion": "vworkspace.io/v1alpha1", "kind": "Cluster",
-                "metadata": { "name": CLUSTER_ID },
-                "spec": {
-                    "orgId": ORG_ID,
-                    "mode": "pull",
-                    "controlPlane": {
-                        "url": url,
-                        "credentialsSecretRef": { "name": "controlplane-token", "key": "token" },
-                    },
-                    "connectivity": { "gracePeriod": "3s", "heartbeatInterval": "1s" },
-                    "auditStream": { "bufferCapacity": capacity, "maxBatchSize": capacity.min(50), "flushInterval": "1s" },
-                },
-            }))?,
-        )
-        .await?;
-    Ok(())
-}
 
 fn instance_job(ns: &str, name: &str) -> String {
     json!({
@@ -270,7 +130,7 @@ async fn jobs_timeline_outage_and_replay() -> Result<()> {
     let dir = std::env::temp_dir().join(format!("vws-pull-{ns}"));
     let mut cp = ControlPlane::start(&dir).await?;
     let _flux = FluxSimulator::start(env.client.clone(), Some(&ns));
-    create_pull_cluster(&env, &ns, &cp.url(), &cp.token, 1000).await?;
+    create_pull_cluster(&env, &ns, &cp.url(), &cp.token, 1000, 50).await?;
     let identity = format!("op-{}", unique_suffix());
     let mut op = spawn_operator(&env, &ns, &identity, &operator_flags())?;
     let clusters: Api<Cluster> = Api::namespaced(env.client.clone(), &ns);
@@ -537,7 +397,7 @@ async fn a_wrong_token_fails_authenticated_and_readiness() -> Result<()> {
     let dir = std::env::temp_dir().join(format!("vws-pull-{ns}"));
     let mut cp = ControlPlane::start(&dir).await?;
     let wrong = "0000000000000000000000000000000000000000000000000000000000000000";
-    create_pull_cluster(&env, &ns, &cp.url(), wrong, 1000).await?;
+    create_pull_cluster(&env, &ns, &cp.url(), wrong, 1000, 50).await?;
     let mut op = spawn_operator(
         &env,
         &ns,
@@ -580,7 +440,7 @@ async fn overflow_is_reported_and_the_replay_delivers_every_outcome() -> Result<
     let dir = std::env::temp_dir().join(format!("vws-pull-{ns}"));
     let mut cp = ControlPlane::start(&dir).await?;
     let _flux = FluxSimulator::start(env.client.clone(), Some(&ns));
-    create_pull_cluster(&env, &ns, &cp.url(), &cp.token, 4).await?;
+    create_pull_cluster(&env, &ns, &cp.url(), &cp.token, 4, 4).await?;
     let mut op = spawn_operator(
         &env,
         &ns,
@@ -679,7 +539,7 @@ async fn a_413_splits_the_batch_and_every_event_arrives_once() -> Result<()> {
     let dir = std::env::temp_dir().join(format!("vws-pull-{ns}"));
     let mut cp = ControlPlane::start(&dir).await?;
     let _flux = FluxSimulator::start(env.client.clone(), Some(&ns));
-    create_pull_cluster(&env, &ns, &cp.url(), &cp.token, 1000).await?;
+    create_pull_cluster(&env, &ns, &cp.url(), &cp.token, 1000, 50).await?;
     let mut op = spawn_operator(
         &env,
         &ns,
@@ -807,7 +667,7 @@ async fn a_missing_token_secret_is_reported_on_the_cluster_until_it_exists() -> 
     let ns = env.fresh_namespace("pull-secret").await?;
     let dir = std::env::temp_dir().join(format!("vws-pull-{ns}"));
     let mut cp = ControlPlane::start(&dir).await?;
-    create_pull_cluster(&env, &ns, &cp.url(), &cp.token, 1000).await?;
+    create_pull_cluster(&env, &ns, &cp.url(), &cp.token, 1000, 50).await?;
     let secrets: Api<Secret> = Api::namespaced(env.client.clone(), &ns);
     let secret = secrets.get("controlplane-token").await?;
     secrets

@@ -54,7 +54,6 @@
 //! two job canaries are searched in the rows only).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
@@ -67,17 +66,16 @@ use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::core::DynamicObject;
 use serde_json::{Value, json};
+use vworkspace_api::Cluster;
 use vworkspace_api::application_instance::ApplicationInstance;
 use vworkspace_api::labels;
 use vworkspace_api::operation::{Operation, OperationPhase};
-use vworkspace_api::{AuditEvent, Cluster};
-use vworkspace_controlplane::store::TimelineFilter;
-use vworkspace_controlplane::{Config, Running, Store};
 use vworkspace_testkit::env::{TestEnv, poll_until, unique_suffix};
 use vworkspace_testkit::sim::flux::{FluxSimulator, helm_release};
 
 mod common;
 
+use common::controlplane::ControlPlane;
 use common::{CLUSTER_ID, ORG_ID, condition, install_crds, spawn_operator};
 
 const LIMIT: Duration = Duration::from_secs(90);
@@ -120,84 +118,26 @@ fn base64(data: &str) -> Result<String> {
         .to_owned())
 }
 
-/// The reference control plane with its own database, the org and this cluster.
-struct ControlPlane {
-    db: PathBuf,
-    running: Option<Running>,
-    url: String,
-    token: String,
+/// What the control plane stored from the operator: events, job reports, heartbeats.
+fn received(cp: &ControlPlane) -> Result<String> {
+    let store = cp.store()?;
+    let mut out = serde_json::to_string(&cp.timeline()?)?;
+    for job in store.list_jobs(Some(CLUSTER_ID))? {
+        out.push_str(&format!("\n{} {} {}", job.id, job.state, job.message));
+    }
+    out.push_str(&serde_json::to_string(&store.clusters()?)?);
+    Ok(out)
 }
 
-impl ControlPlane {
-    async fn start(dir: &Path) -> Result<Self> {
-        std::fs::create_dir_all(dir)?;
-        let db = dir.join("controlplane.db");
-        for suffix in ["", "-wal", "-shm"] {
-            let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
-        }
-        let store = Store::open(&db)?;
-        store.create_org(ORG_ID)?;
-        let token = store.create_cluster(ORG_ID, CLUSTER_ID)?;
-        drop(store);
-        let running =
-            vworkspace_controlplane::serve(Config::new(&db, "127.0.0.1:0".parse()?)).await?;
-        Ok(Self {
-            db,
-            url: format!("http://{}", running.addr),
-            running: Some(running),
-            token,
-        })
-    }
-
-    fn store(&self) -> Result<Store> {
-        Ok(Store::open(&self.db)?)
-    }
-
-    fn timeline(&self) -> Result<Vec<AuditEvent>> {
-        Ok(self
-            .store()?
-            .timeline(ORG_ID, &TimelineFilter::default(), 100_000)?
-            .into_iter()
-            .map(|e| e.event)
-            .collect())
-    }
-
-    fn job_state(&self, id: &str) -> Result<Option<(String, String)>> {
-        Ok(self
-            .store()?
-            .list_jobs(Some(CLUSTER_ID))?
-            .into_iter()
-            .find(|j| j.id == id)
-            .map(|j| (j.state, j.message)))
-    }
-
-    /// What the control plane stored from the operator: events, job reports, heartbeats.
-    fn received(&self) -> Result<String> {
-        let store = self.store()?;
-        let mut out = serde_json::to_string(&self.timeline()?)?;
-        for job in store.list_jobs(Some(CLUSTER_ID))? {
-            out.push_str(&format!("\n{} {} {}", job.id, job.state, job.message));
-        }
-        out.push_str(&serde_json::to_string(&store.clusters()?)?);
-        Ok(out)
-    }
-
-    /// The raw database files, as text (lossy).
-    fn raw_files(&self) -> Result<String> {
-        let mut out = String::new();
-        for suffix in ["", "-wal"] {
-            if let Ok(bytes) = std::fs::read(format!("{}{suffix}", self.db.display())) {
-                out.push_str(&String::from_utf8_lossy(&bytes));
-            }
-        }
-        Ok(out)
-    }
-
-    async fn stop(&mut self) {
-        if let Some(r) = self.running.take() {
-            r.shutdown().await;
+/// The raw database files, as text (lossy).
+fn raw_files(cp: &ControlPlane) -> String {
+    let mut out = String::new();
+    for suffix in ["", "-wal"] {
+        if let Ok(bytes) = std::fs::read(format!("{}{suffix}", cp.db.display())) {
+            out.push_str(&String::from_utf8_lossy(&bytes));
         }
     }
+    out
 }
 
 fn instance(name: &str, spec: Value) -> Result<ApplicationInstance> {
@@ -336,12 +276,14 @@ async fn no_planted_secret_reaches_logs_events_status_metrics_or_audit() -> Resu
         }))?)
     };
     let c = canaries.plant("Cluster.spec.controlPlane.url (credentials in the URL)");
-    let with_credentials = cp.url.replacen("http://", &format!("http://agent:{c}@"), 1);
+    let with_credentials = cp
+        .url()
+        .replacen("http://", &format!("http://agent:{c}@"), 1);
     match clusters.create(&post, &cluster(with_credentials)?).await {
         Err(kube::Error::Api(s)) if s.code == 422 => {}
         other => bail!("a control-plane URL with credentials was not refused: {other:?}"),
     }
-    clusters.create(&post, &cluster(cp.url.clone())?).await?;
+    clusters.create(&post, &cluster(cp.url())?).await?;
 
     // --- The catalog: default parameters of runcommand.job.
     let c = canaries.plant("catalog ConfigMap runcommand.job parameters.env");
@@ -696,8 +638,8 @@ async fn no_planted_secret_reaches_logs_events_status_metrics_or_audit() -> Resu
     };
     let audit_file = std::fs::read_to_string(&op.audit_log).unwrap_or_default();
     ensure!(!audit_file.is_empty(), "the audit file sink was written");
-    let received = cp.received()?;
-    let raw = cp.raw_files()?;
+    let received = received(&cp)?;
+    let raw = raw_files(&cp);
 
     let surfaces: [(&str, &str); 7] = [
         ("operator log", &log),

@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod controlplane;
+
 use std::path::Path;
 
 use anyhow::Result;
