@@ -482,6 +482,6 @@ async fn a_failed_status_write_neither_loses_nor_doubles_a_transition() -> Resul
     }
     op.ensure_running()?;
     let _ = op.terminate();
-    remove_admission_policy(&env, &policy).await;
+    let _ = remove_admission_policy(&env, &policy).await;
     Ok(())
 }

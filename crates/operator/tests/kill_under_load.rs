@@ -63,7 +63,9 @@ use vworkspace_testkit::sim::flux::FluxSimulator;
 mod common;
 
 use common::controlplane::{ControlPlane, create_pull_cluster};
-use common::{CLUSTER_ID, condition, install_crds, spawn_operator};
+use common::{
+    CLUSTER_ID, condition, deny_in_namespace, install_crds, remove_admission_policy, spawn_operator,
+};
 
 const LIMIT: Duration = Duration::from_secs(120);
 /// Instances created while the operator is killed.
@@ -380,42 +382,16 @@ const DENY_LABEL: &str = "testkit.vworkspace.io/deny-status-write";
 /// A ValidatingAdmissionPolicy, bound to `ns` only, refusing status writes of instances
 /// carrying [`DENY_LABEL`]; answers its name once it is in force for `probe`.
 async fn deny_status_writes(env: &TestEnv, ns: &str, probe: &str) -> Result<String> {
-    use k8s_openapi::api::admissionregistration::v1::{
-        ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
-    };
     let name = format!("vws-deny-status-{ns}");
-    Api::<ValidatingAdmissionPolicy>::all(env.client.clone())
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({
-                "metadata": { "name": name },
-                "spec": {
-                    "failurePolicy": "Fail",
-                    "matchConstraints": { "resourceRules": [{
-                        "apiGroups": ["vworkspace.io"], "apiVersions": ["v1alpha1"],
-                        "operations": ["UPDATE"], "resources": ["applicationinstances/status"]
-                    }]},
-                    "validations": [{
-                        "expression": format!("!has(object.metadata.labels) || !('{DENY_LABEL}' in object.metadata.labels)"),
-                        "message": "status writes of this object are denied by the test"
-                    }]
-                }
-            }))?,
-        )
-        .await?;
-    Api::<ValidatingAdmissionPolicyBinding>::all(env.client.clone())
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({
-                "metadata": { "name": name },
-                "spec": {
-                    "policyName": name,
-                    "validationActions": ["Deny"],
-                    "matchResources": { "namespaceSelector": { "matchLabels": { "kubernetes.io/metadata.name": ns } } }
-                }
-            }))?,
-        )
-        .await?;
+    deny_in_namespace(
+        env,
+        ns,
+        &name,
+        json!({ "apiGroups": ["vworkspace.io"], "apiVersions": ["v1alpha1"], "operations": ["UPDATE"], "resources": ["applicationinstances/status"] }),
+        &format!("!has(object.metadata.labels) || !('{DENY_LABEL}' in object.metadata.labels)"),
+        "status writes of this object are denied by the test",
+    )
+    .await?;
     let api: Api<ApplicationInstance> = Api::namespaced(env.client.clone(), ns);
     poll_until(LIMIT, "the admission policy in force", || async {
         let write = api
@@ -433,16 +409,7 @@ async fn deny_status_writes(env: &TestEnv, ns: &str, probe: &str) -> Result<Stri
 }
 
 async fn allow_status_writes(env: &TestEnv, policy: &str) -> Result<()> {
-    use k8s_openapi::api::admissionregistration::v1::{
-        ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
-    };
-    Api::<ValidatingAdmissionPolicyBinding>::all(env.client.clone())
-        .delete(policy, &DeleteParams::default())
-        .await?;
-    Api::<ValidatingAdmissionPolicy>::all(env.client.clone())
-        .delete(policy, &DeleteParams::default())
-        .await?;
-    Ok(())
+    remove_admission_policy(env, policy).await
 }
 
 /// What Flux shows of the HelmRelease `name`: installed at revision 1, Ready `status`

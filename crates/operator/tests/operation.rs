@@ -931,7 +931,7 @@ async fn a_backup_refused_at_its_create_is_accepted_then_failed() -> Result<()> 
 }
 
 async fn remove_policy(env: &TestEnv, name: &str) {
-    remove_admission_policy(env, name).await;
+    let _ = remove_admission_policy(env, name).await;
 }
 
 /// `(status, reason, message)` of an Operation's condition `type_`.

@@ -58,12 +58,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use k8s_openapi::ByteString;
-use k8s_openapi::api::admissionregistration::v1::{
-    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
-};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::core::DynamicObject;
 use serde_json::{Value, json};
 use vworkspace_api::Cluster;
@@ -76,7 +73,10 @@ use vworkspace_testkit::sim::flux::{FluxSimulator, helm_release};
 mod common;
 
 use common::controlplane::ControlPlane;
-use common::{CLUSTER_ID, ORG_ID, condition, install_crds, spawn_operator};
+use common::{
+    CLUSTER_ID, ORG_ID, condition, deny_in_namespace, install_crds, remove_admission_policy,
+    spawn_operator,
+};
 
 const LIMIT: Duration = Duration::from_secs(90);
 
@@ -166,38 +166,15 @@ fn operation(name: &str, parameters: Value) -> Result<Operation> {
 /// A ValidatingAdmissionPolicy, bound to `ns` only, refusing the HelmRelease `name`.
 async fn refuse_release(env: &TestEnv, ns: &str, name: &str) -> Result<String> {
     let policy = format!("vws-refuse-release-{ns}");
-    Api::<ValidatingAdmissionPolicy>::all(env.client.clone())
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({
-                "metadata": { "name": policy },
-                "spec": {
-                    "failurePolicy": "Fail",
-                    "matchConstraints": { "resourceRules": [{
-                        "apiGroups": ["helm.toolkit.fluxcd.io"], "apiVersions": ["*"],
-                        "operations": ["CREATE", "UPDATE"], "resources": ["helmreleases"]
-                    }]},
-                    "validations": [{
-                        "expression": format!("object.metadata.name != '{name}'"),
-                        "message": "this HelmRelease is refused by the test's admission policy"
-                    }]
-                }
-            }))?,
-        )
-        .await?;
-    Api::<ValidatingAdmissionPolicyBinding>::all(env.client.clone())
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({
-                "metadata": { "name": policy },
-                "spec": {
-                    "policyName": policy,
-                    "validationActions": ["Deny"],
-                    "matchResources": { "namespaceSelector": { "matchLabels": { "kubernetes.io/metadata.name": ns } } }
-                }
-            }))?,
-        )
-        .await?;
+    deny_in_namespace(
+        env,
+        ns,
+        &policy,
+        json!({ "apiGroups": ["helm.toolkit.fluxcd.io"], "apiVersions": ["*"], "operations": ["CREATE", "UPDATE"], "resources": ["helmreleases"] }),
+        &format!("object.metadata.name != '{name}'"),
+        "this HelmRelease is refused by the test's admission policy",
+    )
+    .await?;
     // In force once a dry-run create of that HelmRelease is refused.
     let releases: Api<DynamicObject> = Api::namespaced_with(
         env.client.clone(),
@@ -694,12 +671,7 @@ async fn no_planted_secret_reaches_logs_events_status_metrics_or_audit() -> Resu
 
     op.ensure_running()?;
     let _ = op.terminate();
-    let _ = Api::<ValidatingAdmissionPolicyBinding>::all(env.client.clone())
-        .delete(&policy, &DeleteParams::default())
-        .await;
-    let _ = Api::<ValidatingAdmissionPolicy>::all(env.client.clone())
-        .delete(&policy, &DeleteParams::default())
-        .await;
+    let _ = remove_admission_policy(&env, &policy).await;
     cp.stop().await;
     Ok(())
 }

@@ -124,16 +124,17 @@ pub async fn deny_in_namespace(
     Ok(())
 }
 
-/// Remove what [`deny_in_namespace`] created (best effort: a test cleaning up).
-pub async fn remove_admission_policy(env: &TestEnv, name: &str) {
+/// Remove what [`deny_in_namespace`] created (a test cleaning up ignores the result).
+pub async fn remove_admission_policy(env: &TestEnv, name: &str) -> Result<()> {
     use k8s_openapi::api::admissionregistration::v1::{
         ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
     };
     use kube::api::{Api, DeleteParams};
-    let _ = Api::<ValidatingAdmissionPolicyBinding>::all(env.client.clone())
+    Api::<ValidatingAdmissionPolicyBinding>::all(env.client.clone())
         .delete(name, &DeleteParams::default())
-        .await;
-    let _ = Api::<ValidatingAdmissionPolicy>::all(env.client.clone())
+        .await?;
+    Api::<ValidatingAdmissionPolicy>::all(env.client.clone())
         .delete(name, &DeleteParams::default())
-        .await;
+        .await?;
+    Ok(())
 }
