@@ -23,7 +23,8 @@ use vworkspace_testkit::sim::flux::FluxSimulator;
 mod common;
 
 use common::{
-    OPERATOR, condition, deny_in_namespace, install_crds, remove_admission_policy, spawn_operator,
+    DENY_STATUS_LABEL as DENY_LABEL, OPERATOR, condition, install_crds, remove_admission_policy,
+    spawn_operator,
 };
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -355,44 +356,15 @@ async fn an_unmanaged_namespace_gets_no_children_until_it_is_labelled() -> Resul
     Ok(())
 }
 
-const DENY_LABEL: &str = "testkit.vworkspace.io/deny-status-write";
-
-/// Make the API server deny status writes of ApplicationInstances in `ns` that carry
-/// [`DENY_LABEL`], and wait until the policy is in force.
+/// [`common::deny_status_writes`], probed with an instance of its own (deleted again).
 async fn deny_status_writes(env: &TestEnv, ns: &str) -> Result<String> {
-    let name = format!("vws-deny-status-{ns}");
-    deny_in_namespace(
-        env,
-        ns,
-        &name,
-        json!({ "apiGroups": ["vworkspace.io"], "apiVersions": ["v1alpha1"], "operations": ["UPDATE"], "resources": ["applicationinstances/status"] }),
-        &format!("!has(object.metadata.labels) || !('{DENY_LABEL}' in object.metadata.labels)"),
-        "status writes of this object are denied by the test",
-    )
-    .await?;
-    // In force once a status write of a labelled probe object is denied.
     let api: Api<ApplicationInstance> = Api::namespaced(env.client.clone(), ns);
     api.create(
         &PostParams::default(),
         &instance("probe", json!({ DENY_LABEL: "true" }))?,
     )
     .await?;
-    poll_until(
-        LIMIT,
-        "the admission policy to deny status writes",
-        || async {
-            let write = api
-                .patch_status(
-                    "probe",
-                    &PatchParams::default(),
-                    &Patch::Merge(json!({ "status": { "observedGeneration": 0 } })),
-                )
-                .await;
-            matches!(write, Err(kube::Error::Api(ref s)) if s.code == 422 || s.code == 403)
-                .then_some(())
-        },
-    )
-    .await?;
+    let name = common::deny_status_writes(env, ns, "probe", LIMIT).await?;
     api.delete("probe", &DeleteParams::default()).await?;
     Ok(name)
 }

@@ -64,7 +64,8 @@ mod common;
 
 use common::controlplane::{ControlPlane, create_pull_cluster};
 use common::{
-    CLUSTER_ID, condition, deny_in_namespace, install_crds, remove_admission_policy, spawn_operator,
+    CLUSTER_ID, DENY_STATUS_LABEL as DENY_LABEL, condition, deny_status_writes, install_crds,
+    remove_admission_policy, spawn_operator,
 };
 
 const LIMIT: Duration = Duration::from_secs(120);
@@ -375,39 +376,6 @@ async fn each_transition_is_announced_once_across_sigkills_under_load() -> Resul
     Ok(())
 }
 
-/// A label the admission policy of [`published_before_a_kill_and_recomputed_after_the_replay_is_audited`]
-/// refuses status writes for.
-const DENY_LABEL: &str = "testkit.vworkspace.io/deny-status-write";
-
-/// A ValidatingAdmissionPolicy, bound to `ns` only, refusing status writes of instances
-/// carrying [`DENY_LABEL`]; answers its name once it is in force for `probe`.
-async fn deny_status_writes(env: &TestEnv, ns: &str, probe: &str) -> Result<String> {
-    let name = format!("vws-deny-status-{ns}");
-    deny_in_namespace(
-        env,
-        ns,
-        &name,
-        json!({ "apiGroups": ["vworkspace.io"], "apiVersions": ["v1alpha1"], "operations": ["UPDATE"], "resources": ["applicationinstances/status"] }),
-        &format!("!has(object.metadata.labels) || !('{DENY_LABEL}' in object.metadata.labels)"),
-        "status writes of this object are denied by the test",
-    )
-    .await?;
-    let api: Api<ApplicationInstance> = Api::namespaced(env.client.clone(), ns);
-    poll_until(LIMIT, "the admission policy in force", || async {
-        let write = api
-            .patch_status(
-                probe,
-                &PatchParams::default(),
-                &Patch::Merge(json!({ "status": { "observedGeneration": 0 } })),
-            )
-            .await;
-        matches!(write, Err(kube::Error::Api(ref s)) if s.code == 422 || s.code == 403)
-            .then_some(())
-    })
-    .await?;
-    Ok(name)
-}
-
 async fn allow_status_writes(env: &TestEnv, policy: &str) -> Result<()> {
     remove_admission_policy(env, policy).await
 }
@@ -491,7 +459,7 @@ async fn published_before_a_kill_and_recomputed_after_the_replay_is_audited() ->
         kinds_of("probe").await?.contains(STARTED).then_some(())
     })
     .await?;
-    let policy = deny_status_writes(&env, &ns, "probe").await?;
+    let policy = deny_status_writes(&env, &ns, "probe", LIMIT).await?;
     // Written before the policy: the instance's first status.
     obj.metadata.labels = None;
     instances.create(&PostParams::default(), &obj).await?;

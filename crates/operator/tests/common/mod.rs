@@ -138,3 +138,46 @@ pub async fn remove_admission_policy(env: &TestEnv, name: &str) -> Result<()> {
         .await?;
     Ok(())
 }
+
+/// The label [`deny_status_writes`] refuses the status writes of.
+pub const DENY_STATUS_LABEL: &str = "testkit.vworkspace.io/deny-status-write";
+
+/// Make the API server refuse status writes of the ApplicationInstances in `ns` that
+/// carry [`DENY_STATUS_LABEL`] (a policy bound to `ns` only). Returns the policy's name
+/// once a status write of `probe`, an existing labelled instance, is refused.
+pub async fn deny_status_writes(
+    env: &TestEnv,
+    ns: &str,
+    probe: &str,
+    limit: std::time::Duration,
+) -> Result<String> {
+    use kube::api::{Api, Patch, PatchParams};
+    let name = format!("vws-deny-status-{ns}");
+    deny_in_namespace(
+        env,
+        ns,
+        &name,
+        serde_json::json!({ "apiGroups": ["vworkspace.io"], "apiVersions": ["v1alpha1"], "operations": ["UPDATE"], "resources": ["applicationinstances/status"] }),
+        &format!("!has(object.metadata.labels) || !('{DENY_STATUS_LABEL}' in object.metadata.labels)"),
+        "status writes of this object are denied by the test",
+    )
+    .await?;
+    let api: Api<ApplicationInstance> = Api::namespaced(env.client.clone(), ns);
+    vworkspace_testkit::env::poll_until(
+        limit,
+        "the admission policy to deny status writes",
+        || async {
+            let write = api
+                .patch_status(
+                    probe,
+                    &PatchParams::default(),
+                    &Patch::Merge(serde_json::json!({ "status": { "observedGeneration": 0 } })),
+                )
+                .await;
+            matches!(write, Err(kube::Error::Api(ref s)) if s.code == 422 || s.code == 403)
+                .then_some(())
+        },
+    )
+    .await?;
+    Ok(name)
+}
