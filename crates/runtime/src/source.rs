@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::runtime::reflector::store::Writer;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
@@ -332,6 +333,7 @@ async fn wait_until_served<C: WatchedKind, S: WatchSink<C>>(
     sink: &mut S,
 ) {
     let mut missing = false;
+    let mut crd = CrdPresence::watch(client, kind);
     loop {
         match is_served(client, kind).await {
             Ok(true) => break,
@@ -351,11 +353,90 @@ async fn wait_until_served<C: WatchedKind, S: WatchSink<C>>(
                 warn!(controller = %owner, kind = %kind, error = %err, "cannot tell whether an optional kind is served; asking again");
             }
         }
-        tokio::time::sleep(interval).await;
+        crd.next_look(interval).await;
     }
     if missing {
         info!(controller = %owner, kind = %kind, "optional kind is installed now; starting its watch");
         sink.state(SyncState::Pending);
+    }
+}
+
+/// Whether the CRD of an optional kind exists, from a watch of that one CRD by name: while
+/// the watch says it is absent, discovery is not asked again until the CRD appears, so a
+/// missing kind costs one idle watch instead of a GET every `interval`. When the CRD exists
+/// (it may not be served yet) or the watch cannot tell (an error, no permission to watch
+/// CRDs, a core kind), discovery is asked every `interval` as before.
+struct CrdPresence {
+    events: Option<
+        futures::stream::BoxStream<
+            'static,
+            watcher::Result<watcher::Event<CustomResourceDefinition>>,
+        >,
+    >,
+    /// `Some(false)`: the last complete list or event showed no such CRD.
+    present: Option<bool>,
+    listed_one: bool,
+}
+
+impl CrdPresence {
+    fn watch(client: &Client, kind: &KindName) -> Self {
+        let events = (!kind.group.is_empty()).then(|| {
+            let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+            let config =
+                watcher::Config::default().fields(&format!("metadata.name={}", kind.crd_name()));
+            watcher(api, config).boxed()
+        });
+        Self {
+            events,
+            present: None,
+            listed_one: false,
+        }
+    }
+
+    /// Wait until discovery is worth asking again.
+    async fn next_look(&mut self, interval: Duration) {
+        let Some(events) = self.events.as_mut() else {
+            tokio::time::sleep(interval).await;
+            return;
+        };
+        let deadline = tokio::time::Instant::now() + interval;
+        loop {
+            let absent = self.present == Some(false);
+            let event = if absent {
+                // Nothing to ask until the CRD appears.
+                events.next().await
+            } else {
+                match tokio::time::timeout_at(deadline, events.next()).await {
+                    Ok(event) => event,
+                    Err(_) => return,
+                }
+            };
+            match event {
+                Some(Ok(watcher::Event::Init)) => self.listed_one = false,
+                Some(Ok(watcher::Event::InitApply(_))) => self.listed_one = true,
+                Some(Ok(watcher::Event::InitDone)) => {
+                    self.present = Some(self.listed_one);
+                    if self.listed_one && absent {
+                        return;
+                    }
+                }
+                Some(Ok(watcher::Event::Apply(_))) => {
+                    self.present = Some(true);
+                    return;
+                }
+                Some(Ok(watcher::Event::Delete(_))) => self.present = Some(false),
+                Some(Err(_)) | None => {
+                    // The watch cannot tell: back to asking discovery on the interval.
+                    self.present = None;
+                    if absent {
+                        tokio::time::sleep(interval).await;
+                        return;
+                    }
+                    tokio::time::sleep_until(deadline).await;
+                    return;
+                }
+            }
+        }
     }
 }
 

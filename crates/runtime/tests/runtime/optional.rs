@@ -87,8 +87,15 @@ async fn an_optional_kind_installed_later_is_watched_without_restart() -> Result
     let client = env.client.clone();
     remove_widget_crd(&client).await?;
     let namespace = env.fresh_namespace("rt-optional").await?;
-    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
-    let widgets: Api<Widget> = Api::namespaced(client.clone(), &namespace);
+    // The controllers' client counts the discovery requests asking whether Widgets are
+    // served.
+    let (counted, discovery) = super::shared::counting_client(
+        &env,
+        "/apis/optional.runtime.test.vworkspace.io/v1".to_owned(),
+    )
+    .await?;
+    let configmaps: Api<ConfigMap> = Api::namespaced(counted.clone(), &namespace);
+    let widgets: Api<Widget> = Api::namespaced(counted.clone(), &namespace);
     let mut registry = Registry::default();
     let metrics = RuntimeMetrics::register(&mut registry);
 
@@ -168,6 +175,19 @@ async fn an_optional_kind_installed_later_is_watched_without_restart() -> Result
         context,
     )
     .await;
+
+    // While the CRD is absent, a watch of it by name stands in for discovery: no
+    // request asks again, though several recheck intervals pass. (An observation window,
+    // not a synchronisation: the previous code asked once per interval and watch here.)
+    let (asked, _) = discovery.counts();
+    tokio::time::sleep(RECHECK * 4).await;
+    let (asked_later, _) = discovery.counts();
+    assert_eq!(
+        asked_later,
+        asked,
+        "discovery asked {} more times while the CRD was absent",
+        asked_later - asked
+    );
 
     // The CRD appears: both start watching it, without a restart.
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());

@@ -22,13 +22,13 @@ use super::{Ctx, DEADLINE, LABEL, eventually, labelled, labelled_configmap, reco
 
 /// The list and watch requests made for one collection path.
 #[derive(Debug, Default)]
-struct Requests {
+pub(super) struct Requests {
     lists: AtomicUsize,
     watches: AtomicUsize,
 }
 
 impl Requests {
-    fn counts(&self) -> (usize, usize) {
+    pub(super) fn counts(&self) -> (usize, usize) {
         (
             self.lists.load(Ordering::SeqCst),
             self.watches.load(Ordering::SeqCst),
@@ -93,7 +93,10 @@ where
 }
 
 /// A client of the shared cluster that counts the requests for `path`.
-async fn counting_client(env: &TestEnv, path: String) -> Result<(Client, Arc<Requests>)> {
+pub(super) async fn counting_client(
+    env: &TestEnv,
+    path: String,
+) -> Result<(Client, Arc<Requests>)> {
     let kubeconfig = Kubeconfig::read_from(&env.kubeconfig)?;
     let config =
         kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
