@@ -72,10 +72,9 @@ use vworkspace_testkit::sim::flux::{FluxSimulator, helm_release};
 
 mod common;
 
-use common::controlplane::ControlPlane;
+use common::controlplane::{ControlPlane, create_token_secret, pull_cluster};
 use common::{
-    CLUSTER_ID, ORG_ID, condition, deny_in_namespace, install_crds, remove_admission_policy,
-    spawn_operator,
+    CLUSTER_ID, condition, deny_in_namespace, install_crds, remove_admission_policy, spawn_operator,
 };
 
 const LIMIT: Duration = Duration::from_secs(90);
@@ -226,32 +225,9 @@ async fn no_planted_secret_reaches_logs_events_status_metrics_or_audit() -> Resu
         encoded: vec![base64(&cp.token)?],
         in_job_document: false,
     });
-    Api::<Secret>::namespaced(env.client.clone(), &ns)
-        .create(
-            &post,
-            &serde_json::from_value(json!({
-                "apiVersion": "v1", "kind": "Secret",
-                "metadata": { "name": "controlplane-token" },
-                "stringData": { "token": cp.token },
-            }))?,
-        )
-        .await?;
+    create_token_secret(&env, &ns, &cp.token).await?;
     let clusters: Api<Cluster> = Api::namespaced(env.client.clone(), &ns);
-    let cluster = |url: String| -> Result<Cluster> {
-        Ok(serde_json::from_value(json!({
-            "apiVersion": "vworkspace.io/v1alpha1", "kind": "Cluster",
-            "metadata": { "name": CLUSTER_ID },
-            "spec": {
-                "orgId": ORG_ID,
-                "mode": "pull",
-                "controlPlane": {
-                    "url": url,
-                    "credentialsSecretRef": { "name": "controlplane-token", "key": "token" },
-                },
-                "connectivity": { "gracePeriod": "3s", "heartbeatInterval": "1s" },
-            },
-        }))?)
-    };
+    let cluster = |url: String| pull_cluster(&url, None);
     let c = canaries.plant("Cluster.spec.controlPlane.url (credentials in the URL)");
     let with_credentials = cp
         .url()

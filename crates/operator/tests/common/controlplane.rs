@@ -117,17 +117,8 @@ impl ControlPlane {
     }
 }
 
-/// The token Secret and a Pull-mode Cluster in `ns`, pointing at `url`, with an audit
-/// buffer of `capacity` events sent in batches of at most `max_batch`, and short
-/// connectivity timings (3 s grace, 1 s heartbeat).
-pub async fn create_pull_cluster(
-    env: &TestEnv,
-    ns: &str,
-    url: &str,
-    token: &str,
-    capacity: u32,
-    max_batch: u32,
-) -> Result<()> {
+/// The Secret `controlplane-token` in `ns` holding the bootstrap `token`.
+pub async fn create_token_secret(env: &TestEnv, ns: &str, token: &str) -> Result<()> {
     Api::<Secret>::namespaced(env.client.clone(), ns)
         .create(
             &PostParams::default(),
@@ -138,23 +129,48 @@ pub async fn create_pull_cluster(
             }))?,
         )
         .await?;
+    Ok(())
+}
+
+/// A Pull-mode Cluster pointing at `url` with the token of [`create_token_secret`] and
+/// short connectivity timings (3 s grace, 1 s heartbeat); `audit` sets the buffer
+/// capacity and the largest batch, `None` keeps the defaults.
+pub fn pull_cluster(url: &str, audit: Option<(u32, u32)>) -> Result<Cluster> {
+    let mut spec = json!({
+        "orgId": ORG_ID,
+        "mode": "pull",
+        "controlPlane": {
+            "url": url,
+            "credentialsSecretRef": { "name": "controlplane-token", "key": "token" },
+        },
+        "connectivity": { "gracePeriod": "3s", "heartbeatInterval": "1s" },
+    });
+    if let Some((capacity, max_batch)) = audit {
+        spec["auditStream"] =
+            json!({ "bufferCapacity": capacity, "maxBatchSize": max_batch, "flushInterval": "1s" });
+    }
+    Ok(serde_json::from_value(json!({
+        "apiVersion": "vworkspace.io/v1alpha1", "kind": "Cluster",
+        "metadata": { "name": CLUSTER_ID },
+        "spec": spec,
+    }))?)
+}
+
+/// The token Secret and a Pull-mode Cluster in `ns`, pointing at `url`, with an audit
+/// buffer of `capacity` events sent in batches of at most `max_batch`.
+pub async fn create_pull_cluster(
+    env: &TestEnv,
+    ns: &str,
+    url: &str,
+    token: &str,
+    capacity: u32,
+    max_batch: u32,
+) -> Result<()> {
+    create_token_secret(env, ns, token).await?;
     Api::<Cluster>::namespaced(env.client.clone(), ns)
         .create(
             &PostParams::default(),
-            &serde_json::from_value(json!({
-                "apiVersion": "vworkspace.io/v1alpha1", "kind": "Cluster",
-                "metadata": { "name": CLUSTER_ID },
-                "spec": {
-                    "orgId": ORG_ID,
-                    "mode": "pull",
-                    "controlPlane": {
-                        "url": url,
-                        "credentialsSecretRef": { "name": "controlplane-token", "key": "token" },
-                    },
-                    "connectivity": { "gracePeriod": "3s", "heartbeatInterval": "1s" },
-                    "auditStream": { "bufferCapacity": capacity, "maxBatchSize": max_batch, "flushInterval": "1s" },
-                },
-            }))?,
+            &pull_cluster(url, Some((capacity, max_batch)))?,
         )
         .await?;
     Ok(())
